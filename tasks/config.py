@@ -1,0 +1,179 @@
+"""Settings: the one object that decides every endpoint, with embedded local defaults.
+
+Nothing else in the project reads ``os.environ``. With nothing set, everything runs under
+``RECSYS_HOME`` (default ``./.recsys``): a lake folder, MLflow on SQLite, Prefect's ephemeral
+API with its own home, an embedded PostgreSQL. Environment variables (or ``.env``) point each
+part at a real service instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GROUPLENS_ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+GROUPLENS_ML100K_MD5 = "0e33842e24a9c977be4e0107933c0723"
+RESULT_STORAGE_BLOCK = "recsys-results"
+
+
+class Settings(BaseSettings):
+    """Every endpoint and knob of the pipeline; see ``.env.example`` for each variable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECSYS_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    home: Path = Field(default=Path(".recsys"), description="project data folder")
+    dataset: str = Field(default="ml-100k", description="MovieLens member to ingest")
+    movielens_source: str = Field(
+        default=GROUPLENS_ML100K_URL,
+        description="archive URL, local zip, or local extracted folder",
+    )
+    movielens_md5: str | None = Field(
+        default=GROUPLENS_ML100K_MD5,
+        description="expected MD5 of the archive; empty to skip the check",
+    )
+    download_timeout_seconds: float = Field(default=60.0, gt=0)
+    lake_url: str | None = Field(default=None, description="file://... or s3://bucket/prefix")
+    s3_endpoint_url: str | None = Field(default=None, description="MinIO or other S3 API URL")
+    aws_access_key_id: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AWS_ACCESS_KEY_ID", "RECSYS_AWS_ACCESS_KEY_ID"),
+    )
+    aws_secret_access_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY", "RECSYS_AWS_SECRET_ACCESS_KEY"),
+    )
+    aws_region: str = Field(
+        default="us-east-1",
+        validation_alias=AliasChoices("AWS_DEFAULT_REGION", "RECSYS_AWS_REGION"),
+    )
+    aws_credentials_block: str | None = Field(
+        default=None, description="name of a prefect-aws AwsCredentials block (instead of keys)"
+    )
+    database_url: SecretStr | None = Field(
+        default=None, description="postgresql://...; unset starts an embedded PostgreSQL"
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "RECSYS_MLFLOW_TRACKING_URI"),
+    )
+    thingsboard_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("THINGSBOARD_URL", "RECSYS_THINGSBOARD_URL"),
+    )
+    thingsboard_device_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "THINGSBOARD_DEVICE_TOKEN", "RECSYS_THINGSBOARD_DEVICE_TOKEN"
+        ),
+    )
+    prefect_home: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PREFECT_HOME", "RECSYS_PREFECT_HOME"),
+        description="Prefect's home; default <home>/prefect",
+    )
+    prefect_api_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PREFECT_API_URL", "RECSYS_PREFECT_API_URL"),
+        description="a Prefect server; unset uses Prefect's ephemeral API",
+    )
+    max_rejects: int = Field(default=0, ge=0, description="rejected rows tolerated per load")
+    task_runner: Literal["thread", "dask"] = "thread"
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("movielens_md5", mode="after")
+    @classmethod
+    def _md5_or_none(cls, value: str | None) -> str | None:
+        return value.strip().lower() or None if value else None
+
+    @cached_property
+    def resolved_lake_url(self) -> str:
+        """The lake root: ``RECSYS_LAKE_URL`` or a folder under the project home."""
+        return (self.lake_url or (self.home / "lake").as_uri()).rstrip("/")
+
+    @property
+    def lake_is_s3(self) -> bool:
+        return self.resolved_lake_url.startswith("s3://")
+
+    @property
+    def resolved_mlflow_tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_location(self) -> str:
+        return (self.home / "mlflow" / "artifacts").as_uri()
+
+    @property
+    def resolved_prefect_home(self) -> Path:
+        return (self.prefect_home or self.home / "prefect").expanduser().resolve()
+
+    @property
+    def downloads_dir(self) -> Path:
+        return self.home / "downloads"
+
+    def s3_storage_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``s3fs.S3FileSystem`` (credentials never logged)."""
+        options: dict[str, Any] = {"client_kwargs": {"region_name": self.aws_region}}
+        if self.s3_endpoint_url:
+            options["endpoint_url"] = self.s3_endpoint_url
+        if self.aws_access_key_id and self.aws_secret_access_key:
+            options["key"] = self.aws_access_key_id.get_secret_value()
+            options["secret"] = self.aws_secret_access_key.get_secret_value()
+        return options
+
+    def prefect_overrides(self) -> dict[str, Any]:
+        """Prefect settings for a local run: project home, analytics off, results persisted."""
+        overrides: dict[str, Any] = {
+            "PREFECT_HOME": str(self.resolved_prefect_home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": False,
+            "PREFECT_RESULTS_PERSIST_BY_DEFAULT": True,
+        }
+        if self.prefect_api_url:
+            overrides["PREFECT_API_URL"] = self.prefect_api_url
+        return overrides
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment and ``.env`` (keyword overrides win)."""
+    return Settings(**overrides)
+
+
+@contextlib.contextmanager
+def prefect_environment(settings: Settings | None = None) -> Iterator[Settings]:
+    """Run Prefect inside the project's settings: a local home and, on S3, shared results.
+
+    Prefect reads its settings once at import, so a local run enters this context (the
+    flows' ``__main__`` does) instead of exporting environment variables. A deployment run by
+    a worker takes Prefect's settings from the worker's own environment.
+    """
+    import prefect.settings
+    from prefect.settings import temporary_settings
+
+    settings = settings or load_settings()
+    settings.resolved_prefect_home.mkdir(parents=True, exist_ok=True)
+    updates = {
+        getattr(prefect.settings, name): value
+        for name, value in settings.prefect_overrides().items()
+    }
+    with temporary_settings(updates=updates):
+        if not settings.lake_is_s3:
+            yield settings
+            return
+        from tasks.lake import save_result_storage_block
+
+        block_slug = save_result_storage_block(settings)
+        with temporary_settings(
+            updates={prefect.settings.PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: block_slug}
+        ):
+            yield settings
