@@ -13,7 +13,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, cast
 from urllib.parse import urlparse
 
 import fsspec
@@ -78,7 +78,7 @@ class Lake:
         except Exception as exc:
             raise LakeError(f"cannot write {self.uri(key)}: {exc}") from exc
 
-    def put_stream(self, key: str, source: BinaryIO) -> str:
+    def put_stream(self, key: str, source: IO[bytes]) -> str:
         """Copy a readable binary stream to ``key`` atomically; returns its sha256.
 
         The stream is copied in chunks, so archives larger than memory pass through.
@@ -153,7 +153,7 @@ class Lake:
         return int(self.fs.size(self.path(key)))
 
 
-def _copy_hashing(source: BinaryIO, sink: Any, digest: Any) -> None:
+def _copy_hashing(source: IO[bytes], sink: Any, digest: Any) -> None:
     while chunk := source.read(CHUNK_BYTES):
         digest.update(chunk)
         sink.write(chunk)
@@ -176,9 +176,7 @@ def _hashable(options: dict[str, Any]) -> list[tuple[str, Any]]:
 _FILESYSTEMS: dict[tuple[str, tuple[tuple[str, Any], ...]], fsspec.AbstractFileSystem] = {}
 
 
-def _filesystem(
-    protocol: str, options: tuple[tuple[str, Any], ...]
-) -> fsspec.AbstractFileSystem:
+def _filesystem(protocol: str, options: tuple[tuple[str, Any], ...]) -> fsspec.AbstractFileSystem:
     key = (protocol, options)
     if key not in _FILESYSTEMS:
         kwargs = {name: json.loads(value) for name, value in options}
@@ -202,7 +200,7 @@ def save_result_storage_block(settings: Settings) -> str:
 
     parsed = urlparse(settings.resolved_lake_url)
     if settings.aws_credentials_block:
-        credentials = AwsCredentials.load(settings.aws_credentials_block)
+        credentials = cast(AwsCredentials, AwsCredentials.load(settings.aws_credentials_block))
     else:
         credentials = AwsCredentials(
             aws_access_key_id=_secret(settings.aws_access_key_id),

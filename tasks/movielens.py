@@ -7,6 +7,7 @@ written last, so a folder without a manifest was never completed and is never re
 from __future__ import annotations
 
 import hashlib
+import logging
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,12 +15,13 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO, Any
 from urllib.parse import urlparse
 
 import requests
 from prefect import task
 from prefect.logging import get_run_logger
+from prefect.states import State
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict
 
@@ -31,7 +33,7 @@ REQUIRED_FILES: dict[str, tuple[str, ...]] = {"ml-100k": ("u.data", "u.item", "u
 MANIFEST = "manifest.json"
 PROGRESS_STEP = 0.1
 
-Opener = Callable[[], BinaryIO]
+Opener = Callable[[], IO[bytes]]
 
 
 class IngestError(RuntimeError):
@@ -114,7 +116,9 @@ def resolve_source(location: str, expected_md5: str | None) -> MovieLensSource:
     if urlparse(location).scheme in {"http", "https"}:
         fingerprint = _sha256_text(f"{location}\n{expected_md5 or ''}")
         return MovieLensSource(
-            kind=SourceKind.URL, location=location, fingerprint=fingerprint,
+            kind=SourceKind.URL,
+            location=location,
+            fingerprint=fingerprint,
             expected_md5=expected_md5,
         )
     path = Path(location.removeprefix("file://")).expanduser().resolve()
@@ -124,7 +128,9 @@ def resolve_source(location: str, expected_md5: str | None) -> MovieLensSource:
         )
     if path.is_file():
         return MovieLensSource(
-            kind=SourceKind.ZIP, location=str(path), fingerprint=file_digests(path)[1],
+            kind=SourceKind.ZIP,
+            location=str(path),
+            fingerprint=file_digests(path)[1],
             expected_md5=expected_md5,
         )
     raise SourceNotFoundError(f"MovieLens source {location}: no such file, folder or URL")
@@ -153,10 +159,10 @@ def _sha256_text(text: str) -> str:
 
 
 # --- fetching ---------------------------------------------------------------------------------
-def _is_transient(task: object, task_run: object, state: object) -> bool:
+def _is_transient(task: object, task_run: object, state: State[Any]) -> bool:
     """Retry network failures only: a checksum mismatch or a bad archive will not heal."""
     try:
-        state.result()  # type: ignore[attr-defined]
+        state.result()
     except DownloadError:
         return True
     except Exception:
@@ -168,7 +174,7 @@ def _is_transient(task: object, task_run: object, state: object) -> bool:
     cache_policy=CONTENT,
     persist_result=True,
     retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_delay_seconds=exponential_backoff(backoff_factor=1),
     retry_jitter_factor=0.5,
     retry_condition_fn=_is_transient,
 )
@@ -176,7 +182,9 @@ def fetch_archive(source: MovieLensSource, downloads_dir: Path) -> FetchedArchiv
     """Download (streaming, with progress) or locate the archive and verify its checksum."""
     if source.kind is SourceKind.FOLDER:
         return FetchedArchive(
-            kind=source.kind, path=source.location, sha256=source.fingerprint,
+            kind=source.kind,
+            path=source.location,
+            sha256=source.fingerprint,
             source=source.location,
         )
     if source.kind is SourceKind.URL:
@@ -192,8 +200,9 @@ def fetch_archive(source: MovieLensSource, downloads_dir: Path) -> FetchedArchiv
             " (corrupt or different archive; set RECSYS_MOVIELENS_MD5 if it is intended)"
         )
     check_zip(path, source.location)
-    return FetchedArchive(kind=SourceKind.ZIP, path=str(path), sha256=sha256,
-                          source=source.location)
+    return FetchedArchive(
+        kind=SourceKind.ZIP, path=str(path), sha256=sha256, source=source.location
+    )
 
 
 def download(url: str, downloads_dir: Path, timeout: float) -> Path:
@@ -225,7 +234,11 @@ def download(url: str, downloads_dir: Path, timeout: float) -> Path:
 
 
 def _stream_to_file(
-    response: requests.Response, partial: Path, expected: int, url: str, logger: object
+    response: requests.Response,
+    partial: Path,
+    expected: int,
+    url: str,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
 ) -> int:
     received, next_report = 0, PROGRESS_STEP
     with open(partial, "wb") as sink:
@@ -233,8 +246,12 @@ def _stream_to_file(
             sink.write(chunk)
             received += len(chunk)
             if expected and received / expected >= next_report:
-                logger.info("Downloading %s: %d%% (%d bytes)", url,  # type: ignore[attr-defined]
-                            int(100 * received / expected), received)
+                logger.info(
+                    "Downloading %s: %d%% (%d bytes)",
+                    url,
+                    int(100 * received / expected),
+                    received,
+                )
                 next_report += PROGRESS_STEP
     return received
 
@@ -311,14 +328,19 @@ def _open_members(archive: FetchedArchive) -> Iterator[list[tuple[str, Opener]]]
     if archive.kind is SourceKind.FOLDER:
         root = Path(archive.path)
         files = sorted(p for p in root.rglob("*") if p.is_file())
-        yield [(p.relative_to(root).as_posix(), partial(open, p, "rb")) for p in files]
+        yield [(p.relative_to(root).as_posix(), partial(_open_binary, p)) for p in files]
         return
     with zipfile.ZipFile(archive.path) as handle:
         names = [
-            info.filename for info in handle.infolist()
+            info.filename
+            for info in handle.infolist()
             if not info.is_dir() and not info.filename.startswith("__MACOSX/")
         ]
         yield [(_member_name(name, archive.source), partial(handle.open, name)) for name in names]
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    return path.open("rb")
 
 
 def _member_name(name: str, source: str) -> str:

@@ -1,0 +1,171 @@
+"""The shared fit / predict / recommend interface of every model, with the bias fallback."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Generic, Self, TypeVar
+
+import numpy as np
+from sklearn.exceptions import NotFittedError
+
+from recommender.bias import Biases, fit_biases
+from recommender.config import ModelConfig, Param
+from recommender.data import Ratings
+
+MIN_RATING = 1.0
+MAX_RATING = 5.0
+
+ConfigT = TypeVar("ConfigT", bound=ModelConfig)
+
+
+class ModelNotFittedError(NotFittedError):
+    """A model was used before ``fit``."""
+
+
+def as_ratings(ratings: Any, items: Any | None = None) -> Ratings:
+    """Accept a :class:`Ratings` or a polars/pandas frame; attach item genres when given."""
+    train = ratings if isinstance(ratings, Ratings) else Ratings.from_frame(ratings)
+    return train if items is None else train.with_items(items)
+
+
+class RecommenderModel(ABC, Generic[ConfigT]):
+    """fit / predict / recommend on raw MovieLens ids, configured by one validated config.
+
+    Subclasses implement ``_fit``, ``_predict_index`` (known user/item positions) and may
+    override ``_score_users`` (ranking scores; default: the predicted ratings).
+    """
+
+    config_class: ClassVar[type[ModelConfig]]
+    predicts_ratings: ClassVar[bool] = True
+    """False for models that only rank (their RMSE is reported as NaN)."""
+
+    # Damping of the shared fallback baseline; models with their own fields override it.
+    fallback_damping: ClassVar[tuple[float, float]] = (5.0, 5.0)
+
+    def __init__(self, config: ConfigT | None = None, **params: Any) -> None:
+        if config is not None and params:
+            raise TypeError("pass either a config or keyword hyper-parameters, not both")
+        self.config: ConfigT = config if config is not None else self.config_class(**params)  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+    def get_params(self) -> dict[str, Param]:
+        """The flat hyper-parameters (same as ``config.as_params()``)."""
+        return self.config.as_params()
+
+    # -- fitting -------------------------------------------------------------------------
+
+    def fit(self, ratings: Any, *, items: Any | None = None, users: Any | None = None) -> Self:
+        """Learn from ``ratings`` (Ratings or frame). ``items``: ``item_id`` + genre flag
+        columns (needed by the paper model, used by the forest); ``users``: ``user_id, age,
+        gender, occupation`` (used by the forest). Both are data, not hyper-parameters."""
+        train = as_ratings(ratings, items)
+        if len(train) == 0:
+            raise ValueError("cannot fit on zero ratings")
+        self.ratings_ = train
+        user_damping, item_damping = self._damping()
+        self.baseline_ = fit_biases(train, user_damping, item_damping)
+        self._fit(train, users=users)
+        return self
+
+    def _damping(self) -> tuple[float, float]:
+        return (
+            float(getattr(self.config, "user_damping", self.fallback_damping[0])),
+            float(getattr(self.config, "item_damping", self.fallback_damping[1])),
+        )
+
+    @abstractmethod
+    def _fit(self, train: Ratings, *, users: Any | None) -> None: ...
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "ratings_"):
+            raise ModelNotFittedError(
+                f"{type(self).__name__} is not fitted yet; call fit(ratings) first"
+            )
+
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "ratings_")
+
+    # -- rating prediction ---------------------------------------------------------------
+
+    def predict(self, user_ids: Any, item_ids: Any) -> np.ndarray:
+        """Predicted ratings for parallel arrays of raw ids, clipped to 1..5; unknown users or
+        items get the bias baseline, never NaN."""
+        self._check_fitted()
+        users = self.ratings_.user_positions(np.atleast_1d(np.asarray(user_ids)))
+        items = self.ratings_.item_positions(np.atleast_1d(np.asarray(item_ids)))
+        if users.shape != items.shape:
+            raise ValueError("user_ids and item_ids must have the same length")
+        return self.predict_positions(users, items)
+
+    def predict_positions(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """:meth:`predict` on row/column positions of ``ratings_`` (-1 = unknown)."""
+        fallback = self.baseline_.predict(users, items)
+        known = (users >= 0) & (items >= 0)
+        predictions = fallback.copy()
+        if known.any():
+            predictions[known] = self._predict_index(users[known], items[known])
+        predictions = np.where(np.isfinite(predictions), predictions, fallback)
+        return np.clip(predictions, MIN_RATING, MAX_RATING)
+
+    @abstractmethod
+    def _predict_index(self, users: np.ndarray, items: np.ndarray) -> np.ndarray: ...
+
+    # -- ranking -------------------------------------------------------------------------
+
+    def _score_users(self, users: np.ndarray) -> np.ndarray:
+        """Ranking scores (len(users) x n_items) for known user positions; higher is better.
+        By default the predicted ratings of every item."""
+        n_items = self.ratings_.n_items
+        rows = np.repeat(users, n_items)
+        cols = np.tile(np.arange(n_items), len(users))
+        return self.predict_positions(rows, cols).reshape(len(users), n_items)
+
+    def recommend_positions(
+        self, users: np.ndarray, n: int = 10, *, batch_size: int = 256
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` unrated item positions and scores per user position, best first.
+        Rows are padded with -1 / -inf when a user has fewer than ``n`` candidates."""
+        self._check_fitted()
+        users = np.asarray(users, dtype=np.int64)
+        n_items = self.ratings_.n_items
+        width = min(n, n_items)
+        top = np.full((len(users), n), -1, dtype=np.int64)
+        top_scores = np.full((len(users), n), -np.inf)
+        rated = self.ratings_.matrix
+        for start in range(0, len(users), batch_size):
+            batch = users[start : start + batch_size]
+            scores = self._score_users(batch).astype(np.float64)
+            seen = rated[batch].toarray() != 0
+            scores[seen] = -np.inf
+            best = np.argpartition(-scores, width - 1, axis=1)[:, :width]
+            order = np.argsort(-np.take_along_axis(scores, best, axis=1), axis=1, kind="stable")
+            best = np.take_along_axis(best, order, axis=1)
+            best_scores = np.take_along_axis(scores, best, axis=1)
+            best[~np.isfinite(best_scores)] = -1
+            top[start : start + len(batch), :width] = best
+            top_scores[start : start + len(batch), :width] = best_scores
+        return top, top_scores
+
+    def recommend(self, user_id: int, n: int = 10) -> list[tuple[int, float]]:
+        """The ``n`` best items the user has not rated, as ``(item_id, score)`` best first.
+        An unknown user gets the items with the highest bias-baseline rating."""
+        self._check_fitted()
+        user = int(self.ratings_.user_positions(np.array([user_id]))[0])
+        if user < 0:
+            scores = self.baseline_.item_bias
+            order = np.argsort(-scores, kind="stable")[:n]
+            return [(int(self.ratings_.item_ids[i]), float(scores[i])) for i in order]
+        top, top_scores = self.recommend_positions(np.array([user]), n)
+        keep = top[0] >= 0
+        return [
+            (int(item_id), float(score))
+            for item_id, score in zip(
+                self.ratings_.item_ids[top[0][keep]], top_scores[0][keep], strict=True
+            )
+        ]
+
+
+__all__ = ["Biases", "ModelNotFittedError", "RecommenderModel", "as_ratings"]
