@@ -7,10 +7,12 @@ written last, so a folder without a manifest was never completed and is never re
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
@@ -18,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import urlparse
 
+import polars as pl
 import requests
 from prefect import task
 from prefect.logging import get_run_logger
@@ -348,3 +351,430 @@ def _member_name(name: str, source: str) -> str:
     if any(part in {"..", ""} for part in parts) or name.startswith("/"):
         raise ArchiveError(f"{source}: unsafe member path {name!r}")
     return "/".join(parts[1:]) if len(parts) > 1 else parts[0]
+
+
+# --- parsing and validation (Polars) ----------------------------------------------------------
+GENRE_COUNT = 19
+FOLD_COUNT = 5
+CURATED_FORMAT = "1"  # bump when the curated tables change shape: it changes every version
+
+
+class ValidationError(IngestError):
+    """Rows were rejected beyond the allowed threshold, or the files disagree."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A row is valid for ``field`` when ``valid`` is true; otherwise it is rejected with ``reason``."""
+
+    field: str
+    valid: pl.Expr
+    reason: str
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    name: str
+    separator: str
+    columns: tuple[str, ...]
+    encoding: str = "utf-8"
+
+
+GENRE_COLUMNS = tuple(f"genre_{i}" for i in range(GENRE_COUNT))
+RATINGS_SPEC = FileSpec("u.data", "\t", ("user_id", "item_id", "rating", "timestamp"))
+ITEMS_SPEC = FileSpec(
+    "u.item",
+    "|",
+    ("item_id", "title", "release_date", "video_release_date", "imdb_url", *GENRE_COLUMNS),
+    encoding="latin-1",
+)
+USERS_SPEC = FileSpec("u.user", "|", ("user_id", "age", "gender", "occupation", "zip_code"))
+GENRES_SPEC = FileSpec("u.genre", "|", ("name", "genre_id"))
+OCCUPATIONS_SPEC = FileSpec("u.occupation", "|", ("name",))
+REJECT_SCHEMA = {
+    "file": pl.String,
+    "line": pl.Int64,
+    "field": pl.String,
+    "value": pl.String,
+    "reason": pl.String,
+}
+
+
+@dataclass
+class Parsed:
+    """Valid rows of one file (with their ``line``) and the rejected ones."""
+
+    rows: pl.DataFrame
+    rejects: pl.DataFrame
+
+
+def read_fields(data: bytes, spec: FileSpec) -> Parsed:
+    """Split each line into the spec's string fields; lines with the wrong field count are rejected."""
+    if spec.encoding != "utf-8":
+        data = data.decode(spec.encoding).encode("utf-8")
+    lines = pl.read_csv(
+        io.BytesIO(data),
+        has_header=False,
+        separator="\x1f",
+        quote_char=None,
+        schema={"raw": pl.String},
+    ).with_row_index("line", offset=1)
+    lines = lines.with_columns(pl.col("line").cast(pl.Int64)).filter(
+        pl.col("raw").is_not_null() & (pl.col("raw").str.strip_chars() != "")
+    )
+    parts = pl.col("raw").str.split(spec.separator)
+    lines = lines.with_columns(parts.alias("parts"))
+    count_ok = pl.col("parts").list.len() == len(spec.columns)
+    rejects = _rejects(
+        lines.filter(~count_ok),
+        spec.name,
+        "line",
+        pl.col("raw"),
+        f"expected {len(spec.columns)} fields separated by {spec.separator!r}",
+    )
+    rows = lines.filter(count_ok).select(
+        "line",
+        *(pl.col("parts").list.get(i).alias(name) for i, name in enumerate(spec.columns)),
+    )
+    return Parsed(rows=rows, rejects=rejects)
+
+
+def apply_rules(parsed: Parsed, file: str, rules: list[Rule]) -> Parsed:
+    """Keep the rows every rule accepts; each failed rule of a row becomes one reject record."""
+    checks = parsed.rows.with_columns(
+        rule.valid.fill_null(False).alias(f"__ok_{i}") for i, rule in enumerate(rules)
+    )
+    rejects = [
+        _rejects(
+            checks.filter(~pl.col(f"__ok_{i}")),
+            file,
+            rule.field,
+            pl.col(rule.field).cast(pl.String),
+            rule.reason,
+        )
+        for i, rule in enumerate(rules)
+    ]
+    all_ok = pl.all_horizontal(pl.col(f"__ok_{i}") for i in range(len(rules)))
+    rows = checks.filter(all_ok).drop([f"__ok_{i}" for i in range(len(rules))])
+    return Parsed(rows=rows, rejects=pl.concat([parsed.rejects, *rejects]))
+
+
+def _rejects(
+    frame: pl.DataFrame, file: str, field: str, value: pl.Expr, reason: str
+) -> pl.DataFrame:
+    return frame.select(
+        pl.lit(file).alias("file"),
+        pl.col("line"),
+        pl.lit(field).alias("field"),
+        value.alias("value"),
+        pl.lit(reason).alias("reason"),
+    ).cast(REJECT_SCHEMA)  # type: ignore[arg-type]
+
+
+def _integer(name: str) -> pl.Expr:
+    return pl.col(name).str.strip_chars().cast(pl.Int64, strict=False)
+
+
+def _typed(name: str, dtype: pl.DataType) -> pl.Expr:
+    return pl.col(name).str.strip_chars().cast(dtype, strict=False)
+
+
+def _casts_ok(name: str, dtype: pl.DataType) -> pl.Expr:
+    return _typed(name, dtype).is_not_null()
+
+
+def _first_occurrence(*keys: str) -> pl.Expr:
+    return pl.col("line") == pl.col("line").min().over(keys)
+
+
+def parse_users(data: bytes, occupations: set[str] | None) -> Parsed:
+    parsed = read_fields(data, USERS_SPEC)
+    gender = pl.col("gender").str.strip_chars()
+    rules = [
+        Rule("user_id", _integer("user_id") > 0, "user id must be a positive integer"),
+        Rule("user_id", _first_occurrence("user_id"), "duplicate user id"),
+        Rule("age", _integer("age").is_between(1, 120), "age must be an integer in 1..120"),
+        Rule("gender", gender.is_in(["M", "F"]), "gender must be M or F"),
+        Rule("zip_code", pl.col("zip_code").str.strip_chars() != "", "zip code is empty"),
+    ]
+    if occupations:
+        rules.append(
+            Rule(
+                "occupation",
+                pl.col("occupation").str.strip_chars().is_in(sorted(occupations)),
+                "occupation not listed in u.occupation",
+            )
+        )
+    checked = apply_rules(parsed, USERS_SPEC.name, rules)
+    rows = checked.rows.select(
+        _typed("user_id", pl.Int32()).alias("user_id"),
+        _typed("age", pl.Int16()).alias("age"),
+        gender.alias("gender"),
+        pl.col("occupation").str.strip_chars(),
+        pl.col("zip_code").str.strip_chars(),
+    )
+    return Parsed(rows=rows.sort("user_id"), rejects=checked.rejects)
+
+
+def _date(name: str) -> pl.Expr:
+    return pl.col(name).str.strip_chars().str.to_date("%d-%b-%Y", strict=False)
+
+
+def _date_ok(name: str) -> pl.Expr:
+    text = pl.col(name).str.strip_chars()
+    return (text == "") | _date(name).is_not_null()
+
+
+def parse_items(data: bytes) -> Parsed:
+    parsed = read_fields(data, ITEMS_SPEC)
+    rules = [
+        Rule("item_id", _integer("item_id") > 0, "item id must be a positive integer"),
+        Rule("item_id", _first_occurrence("item_id"), "duplicate item id"),
+        Rule("title", pl.col("title").str.strip_chars() != "", "title is empty"),
+        Rule("release_date", _date_ok("release_date"), "release date is not like 01-Jan-1995"),
+        Rule(
+            "video_release_date",
+            _date_ok("video_release_date"),
+            "video release date is not like 01-Jan-1995",
+        ),
+        *(
+            Rule(
+                column,
+                pl.col(column).str.strip_chars().is_in(["0", "1"]),
+                "genre flag must be 0 or 1",
+            )
+            for column in GENRE_COLUMNS
+        ),
+    ]
+    checked = apply_rules(parsed, ITEMS_SPEC.name, rules)
+    rows = checked.rows.select(
+        _typed("item_id", pl.Int32()).alias("item_id"),
+        pl.col("title").str.strip_chars(),
+        _date("release_date").alias("release_date"),
+        _date("video_release_date").alias("video_release_date"),
+        pl.col("imdb_url").str.strip_chars().replace("", None).alias("imdb_url"),
+        *(_typed(column, pl.Int8()).alias(column) for column in GENRE_COLUMNS),
+    )
+    return Parsed(rows=rows.sort("item_id"), rejects=checked.rejects)
+
+
+def parse_ratings(data: bytes, file: str, users: pl.Series, items: pl.Series) -> Parsed:
+    """Ratings with strict types and ranges, known users and items, no duplicate pairs."""
+    parsed = read_fields(data, FileSpec(file, RATINGS_SPEC.separator, RATINGS_SPEC.columns))
+    rules = [
+        Rule("user_id", _integer("user_id") > 0, "user id must be a positive integer"),
+        Rule("item_id", _integer("item_id") > 0, "item id must be a positive integer"),
+        Rule("rating", _integer("rating").is_between(1, 5), "rating must be an integer 1..5"),
+        Rule("timestamp", _integer("timestamp") >= 0, "timestamp must be a non-negative integer"),
+        Rule("user_id", _integer("user_id").is_in(users.implode()), "user not in u.user"),
+        Rule("item_id", _integer("item_id").is_in(items.implode()), "item not in u.item"),
+        Rule(
+            "item_id",
+            _first_occurrence("user_id", "item_id"),
+            "duplicate (user, item) pair: the user rated this item on an earlier line",
+        ),
+    ]
+    checked = apply_rules(parsed, file, rules)
+    rows = checked.rows.select(
+        "line",
+        _typed("user_id", pl.Int32()).alias("user_id"),
+        _typed("item_id", pl.Int32()).alias("item_id"),
+        _typed("rating", pl.Int8()).alias("rating"),
+        _typed("timestamp", pl.Int64()).alias("timestamp"),
+    )
+    return Parsed(rows=rows, rejects=checked.rejects)
+
+
+def parse_genres(data: bytes) -> Parsed:
+    parsed = read_fields(data, GENRES_SPEC)
+    rules = [
+        Rule(
+            "genre_id",
+            _integer("genre_id").is_between(0, GENRE_COUNT - 1),
+            "genre id must be 0..18",
+        ),
+        Rule("genre_id", _first_occurrence("genre_id"), "duplicate genre id"),
+    ]
+    checked = apply_rules(parsed, GENRES_SPEC.name, rules)
+    rows = checked.rows.select(_typed("genre_id", pl.Int16()).alias("genre_id"), "name")
+    return Parsed(rows=rows.sort("genre_id"), rejects=checked.rejects)
+
+
+def parse_occupations(data: bytes) -> Parsed:
+    parsed = read_fields(data, OCCUPATIONS_SPEC)
+    rules = [Rule("name", _first_occurrence("name"), "duplicate occupation")]
+    checked = apply_rules(parsed, OCCUPATIONS_SPEC.name, rules)
+    return Parsed(
+        rows=checked.rows.select(pl.col("name").str.strip_chars()), rejects=checked.rejects
+    )
+
+
+def assign_folds(ratings: pl.DataFrame, line_count: int) -> pl.DataFrame:
+    """The dataset README's rule (mku.sh): test fold i holds u.data lines of the i-th fifth."""
+    fold_size = max(1, line_count // FOLD_COUNT)
+    fold = ((pl.col("line") - 1) // fold_size + 1).clip(upper_bound=FOLD_COUNT)
+    return ratings.select("user_id", "item_id", fold.cast(pl.Int8).alias("test_fold"))
+
+
+def check_official_folds(folds: pl.DataFrame, fold_files: dict[str, bytes]) -> None:
+    """Fail when a present u<i>.test does not hold exactly the derived test fold i."""
+    users, items = folds["user_id"], folds["item_id"]
+    for fold in range(1, FOLD_COUNT + 1):
+        name = f"u{fold}.test"
+        if name not in fold_files:
+            continue
+        official = parse_ratings(fold_files[name], name, users, items).rows
+        derived = folds.filter(pl.col("test_fold") == fold).select("user_id", "item_id")
+        pairs = official.select("user_id", "item_id")
+        missing = derived.join(pairs, on=["user_id", "item_id"], how="anti").height
+        extra = pairs.join(derived, on=["user_id", "item_id"], how="anti").height
+        if missing or extra:
+            raise ValidationError(
+                f"{name}: disagrees with the folds derived from u.data by mku.sh "
+                f"({missing} derived pairs missing, {extra} unexpected pairs)"
+            )
+
+
+@dataclass
+class CuratedTables:
+    ratings: pl.DataFrame
+    items: pl.DataFrame
+    genres: pl.DataFrame
+    item_genres: pl.DataFrame
+    users: pl.DataFrame
+    occupations: pl.DataFrame
+    folds: pl.DataFrame
+    rejects: pl.DataFrame
+
+    def tables(self) -> dict[str, pl.DataFrame]:
+        return {
+            "ratings": self.ratings,
+            "items": self.items,
+            "genres": self.genres,
+            "item_genres": self.item_genres,
+            "users": self.users,
+            "occupations": self.occupations,
+            "folds": self.folds,
+        }
+
+
+def curate_ml100k(files: dict[str, bytes]) -> CuratedTables:
+    """Parse and validate the ml-100k files into typed tables plus every rejected row."""
+    occupations = parse_occupations(files["u.occupation"]) if "u.occupation" in files else None
+    genres = parse_genres(files["u.genre"]) if "u.genre" in files else None
+    users = parse_users(
+        files["u.user"], set(occupations.rows["name"]) if occupations is not None else None
+    )
+    items = parse_items(files["u.item"])
+    ratings = parse_ratings(files["u.data"], "u.data", users.rows["user_id"], items.rows["item_id"])
+    line_count = files["u.data"].count(b"\n") + (0 if files["u.data"].endswith(b"\n") else 1)
+    folds = assign_folds(ratings.rows, line_count)
+    check_official_folds(folds, {n: d for n, d in files.items() if n.endswith(".test")})
+    genre_names = genres.rows if genres is not None else _default_genres()
+    rejects = pl.concat(
+        [p.rejects for p in (occupations, genres, users, items, ratings) if p is not None]
+    )
+    return CuratedTables(
+        ratings=ratings.rows.drop("line"),
+        items=items.rows.drop(GENRE_COLUMNS).with_columns(
+            pl.col("release_date").dt.year().cast(pl.Int16).alias("release_year")
+        ),
+        genres=genre_names,
+        item_genres=_item_genres(items.rows),
+        users=users.rows,
+        occupations=occupations.rows if occupations is not None else _occupations_of(users.rows),
+        folds=folds,
+        rejects=rejects.sort("file", "line"),
+    )
+
+
+def _item_genres(items: pl.DataFrame) -> pl.DataFrame:
+    return (
+        items.select("item_id", *GENRE_COLUMNS)
+        .unpivot(index="item_id", variable_name="genre", value_name="flag")
+        .filter(pl.col("flag") == 1)
+        .select(
+            "item_id",
+            pl.col("genre").str.strip_prefix("genre_").cast(pl.Int16).alias("genre_id"),
+        )
+        .sort("item_id", "genre_id")
+    )
+
+
+def _default_genres() -> pl.DataFrame:
+    return pl.DataFrame(
+        {"genre_id": list(range(GENRE_COUNT)), "name": [f"genre_{i}" for i in range(GENRE_COUNT)]},
+        schema={"genre_id": pl.Int16, "name": pl.String},
+    )
+
+
+def _occupations_of(users: pl.DataFrame) -> pl.DataFrame:
+    return users.select(pl.col("occupation").unique().sort().alias("name"))
+
+
+# --- the curated layer ------------------------------------------------------------------------
+class CuratedDataset(BaseModel):
+    """Reference to validated, typed Parquet tables of one dataset version."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset: str
+    lake_url: str
+    version: str
+    row_counts: dict[str, int]
+    rejected: int
+
+    @property
+    def prefix(self) -> str:
+        return f"curated/{self.dataset}/{self.version}"
+
+    def table_keys(self) -> dict[str, str]:
+        return {name: f"{self.prefix}/{name}.parquet" for name in self.row_counts}
+
+
+def dataset_version(raw: RawDataset) -> str:
+    """A short, stable version derived from the raw manifest's file hashes."""
+    hashes = "\n".join(f"{f.file}:{f.sha256}" for f in sorted(raw.files, key=lambda f: f.file))
+    return _sha256_text(f"{CURATED_FORMAT}\n{hashes}")[:16]
+
+
+@task(cache_policy=CONTENT, persist_result=True)
+def curate_dataset(raw: RawDataset, max_rejects: int) -> CuratedDataset:
+    """Parse and validate the raw files; write curated Parquet, and every bad row to rejects/."""
+    logger = get_run_logger()
+    lake = Lake.from_settings(load_settings(), raw.lake_url)
+    wanted = [f.file for f in raw.files if f.file.startswith("u.") or f.file.endswith(".test")]
+    curated = curate_ml100k({name: lake.get_bytes(raw.key(name)) for name in wanted})
+    version = dataset_version(raw)
+    if curated.rejects.height:
+        rejects_key = f"rejects/{raw.dataset}/{version}/rejects.parquet"
+        lake.write_parquet(rejects_key, curated.rejects)
+        logger.warning(
+            "%d rejected rows written to %s", curated.rejects.height, lake.uri(rejects_key)
+        )
+        if curated.rejects.height > max_rejects:
+            raise ValidationError(
+                _rejects_message(curated.rejects, max_rejects, lake.uri(rejects_key))
+            )
+    ref = CuratedDataset(
+        dataset=raw.dataset,
+        lake_url=lake.url,
+        version=version,
+        row_counts={name: frame.height for name, frame in curated.tables().items()},
+        rejected=curated.rejects.height,
+    )
+    for name, frame in curated.tables().items():
+        lake.write_parquet(ref.table_keys()[name], frame)
+    logger.info("Curated %s version %s: %s", raw.dataset, version, ref.row_counts)
+    return ref
+
+
+def _rejects_message(rejects: pl.DataFrame, max_rejects: int, where: str) -> str:
+    examples = "; ".join(
+        f"{r['file']} line {r['line']} field {r['field']} ({r['value']!r}): {r['reason']}"
+        for r in rejects.head(5).iter_rows(named=True)
+    )
+    return (
+        f"{rejects.height} rejected rows (more than the {max_rejects} allowed by "
+        f"RECSYS_MAX_REJECTS), listed in {where}. First: {examples}"
+    )

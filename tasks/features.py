@@ -1,0 +1,207 @@
+"""Feature engineering: item features with Polars expressions, user features with DuckDB SQL.
+
+Both are computed from a given set of ratings, so training can build them from a training
+fold alone (no leakage of test ratings); the transform stores the all-data version.
+"""
+
+from __future__ import annotations
+
+import re
+
+import duckdb
+import polars as pl
+from prefect import task
+from prefect.logging import get_run_logger
+from pydantic import BaseModel, ConfigDict
+
+from tasks.caching import CONTENT
+from tasks.config import load_settings
+from tasks.lake import Lake
+from tasks.movielens import CuratedDataset
+
+DAMPING = 5.0  # pseudo-ratings at the prior mean: a movie with 2 ratings stays near average
+
+
+def genre_slug(name: str) -> str:
+    """``Children's`` -> ``childrens``, ``Sci-Fi`` -> ``sci_fi``, ``(no genres listed)`` -> ``no_genres_listed``."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower().replace("'", "")).strip("_") or "unnamed"
+
+
+def item_features(
+    ratings: pl.DataFrame,
+    items: pl.DataFrame,
+    item_genres: pl.DataFrame,
+    genres: pl.DataFrame,
+    damping: float = DAMPING,
+) -> pl.DataFrame:
+    """Per item: genre one-hot, release year, rating count, mean, damped mean, popularity rank."""
+    global_mean = float(ratings["rating"].mean() or 0.0)  # type: ignore[arg-type]
+    stats = ratings.group_by("item_id").agg(
+        pl.len().alias("rating_count"),
+        pl.col("rating").cast(pl.Float64).sum().alias("rating_sum"),
+        pl.col("rating").cast(pl.Float64).mean().alias("rating_mean"),
+    )
+    one_hot = _genre_one_hot(items.select("item_id"), item_genres, genres)
+    count = pl.col("rating_count").fill_null(0)
+    return (
+        items.select("item_id", "release_year")
+        .join(one_hot, on="item_id", how="left")
+        .join(stats, on="item_id", how="left")
+        .with_columns(
+            count.cast(pl.Int32).alias("rating_count"),
+            (
+                (pl.col("rating_sum").fill_null(0.0) + damping * global_mean) / (count + damping)
+            ).alias("damped_mean"),
+        )
+        .with_columns(
+            pl.col("rating_count")
+            .rank(method="ordinal", descending=True)
+            .cast(pl.Int32)
+            .alias("popularity_rank")
+        )
+        .drop("rating_sum")
+        .sort("item_id")
+    )
+
+
+def _genre_one_hot(
+    item_ids: pl.DataFrame, item_genres: pl.DataFrame, genres: pl.DataFrame
+) -> pl.DataFrame:
+    columns = [f"genre_{genre_slug(name)}" for name in genres.sort("genre_id")["name"]]
+    flags = item_genres.join(genres, on="genre_id").with_columns(
+        pl.col("name").map_elements(lambda n: f"genre_{genre_slug(n)}", return_dtype=pl.String)
+    )
+    wide = flags.with_columns(pl.lit(1, pl.Int8).alias("flag")).pivot(
+        on="name", index="item_id", values="flag"
+    )
+    missing = [pl.lit(0, pl.Int8).alias(c) for c in columns if c not in wide.columns]
+    return item_ids.join(wide.with_columns(missing), on="item_id", how="left").select(
+        "item_id", *(pl.col(c).fill_null(0).cast(pl.Int8) for c in columns)
+    )
+
+
+USER_FEATURES_SQL = """
+WITH user_stats AS (
+    SELECT user_id, count(*) AS rating_count, avg(rating) AS rating_mean,
+           coalesce(stddev_samp(rating), 0) AS rating_std
+    FROM ratings GROUP BY user_id
+),
+per_genre AS (
+    SELECT r.user_id, g.genre_id, count(*) AS n, sum(r.rating) AS total
+    FROM ratings r JOIN item_genres g USING (item_id)
+    GROUP BY r.user_id, g.genre_id
+),
+affinity AS (
+    -- damped mean rating per genre, shrunk toward the user's own mean
+    SELECT s.user_id, k.genre_id, coalesce(p.n, 0) AS n,
+           (coalesce(p.total, 0) + $damping * s.rating_mean) / (coalesce(p.n, 0) + $damping)
+               AS affinity
+    FROM user_stats s CROSS JOIN genres k
+    LEFT JOIN per_genre p ON p.user_id = s.user_id AND p.genre_id = k.genre_id
+),
+favourite AS (
+    SELECT user_id, arg_max(genre_id, affinity) AS favourite_genre_id
+    FROM affinity WHERE n > 0 GROUP BY user_id
+)
+SELECT u.user_id, u.age, u.gender, u.occupation,
+       coalesce(s.rating_count, 0)::INTEGER AS rating_count, s.rating_mean, s.rating_std,
+       list(a.affinity ORDER BY a.genre_id) FILTER (WHERE a.genre_id IS NOT NULL) AS affinity,
+       any_value(g.name) AS favourite_genre
+FROM users u
+LEFT JOIN user_stats s USING (user_id)
+LEFT JOIN affinity a USING (user_id)
+LEFT JOIN favourite f USING (user_id)
+LEFT JOIN genres g ON g.genre_id = f.favourite_genre_id
+GROUP BY ALL
+ORDER BY u.user_id
+"""
+
+
+def user_features(
+    ratings: pl.DataFrame,
+    users: pl.DataFrame,
+    item_genres: pl.DataFrame,
+    genres: pl.DataFrame,
+    damping: float = DAMPING,
+) -> pl.DataFrame:
+    """Per user: demographics, rating count/mean/std, per-genre affinity, favourite genre."""
+    with duckdb.connect() as con:
+        for name, frame in (
+            ("ratings", ratings),
+            ("users", users),
+            ("item_genres", item_genres),
+            ("genres", genres),
+        ):
+            con.register(name, frame)
+        features = _query(con, USER_FEATURES_SQL, {"damping": damping})
+    columns = [f"affinity_{genre_slug(n)}" for n in genres.sort("genre_id")["name"]]
+    return features.with_columns(
+        pl.col("affinity").list.to_struct(fields=columns),
+        pl.col("rating_count").cast(pl.Int32),
+    ).unnest("affinity")
+
+
+def read_lake_parquet(lake: Lake, keys: dict[str, str]) -> dict[str, pl.DataFrame]:
+    """Read Parquet tables from the lake with DuckDB (S3 through the lake's s3fs client)."""
+    with duckdb.connect() as con:
+        if lake.protocol != "file":
+            con.register_filesystem(lake.fs)
+        return {
+            name: _query(
+                con, "SELECT * FROM read_parquet($path)", {"path": _duckdb_path(lake, key)}
+            )
+            for name, key in keys.items()
+        }
+
+
+def _query(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, object]) -> pl.DataFrame:
+    frame = pl.from_arrow(con.execute(sql, params).to_arrow_table())
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def _duckdb_path(lake: Lake, key: str) -> str:
+    return lake.path(key) if lake.protocol == "file" else lake.uri(key)
+
+
+class FeatureSet(BaseModel):
+    """Reference to the feature tables computed from one curated version (all ratings)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset: str
+    lake_url: str
+    version: str
+
+    @property
+    def prefix(self) -> str:
+        return f"features/{self.dataset}/{self.version}"
+
+    def table_keys(self) -> dict[str, str]:
+        return {
+            name: f"{self.prefix}/{name}.parquet" for name in ("item_features", "user_features")
+        }
+
+
+@task(cache_policy=CONTENT, persist_result=True)
+def build_features(curated: CuratedDataset) -> FeatureSet:
+    """Item and user features from every rating of the curated version, stored in the lake."""
+    lake = Lake.from_settings(load_settings(), curated.lake_url)
+    tables = read_lake_parquet(lake, curated.table_keys())
+    items = item_features(
+        tables["ratings"], tables["items"], tables["item_genres"], tables["genres"]
+    )
+    users = user_features(
+        tables["ratings"], tables["users"], tables["item_genres"], tables["genres"]
+    )
+    ref = FeatureSet(dataset=curated.dataset, lake_url=lake.url, version=curated.version)
+    lake.write_parquet(ref.table_keys()["item_features"], items)
+    lake.write_parquet(ref.table_keys()["user_features"], users)
+    get_run_logger().info(
+        "Features of %s %s: %d items, %d users",
+        curated.dataset,
+        curated.version,
+        items.height,
+        users.height,
+    )
+    return ref
