@@ -155,7 +155,7 @@ def read_lake_parquet(lake: Lake, keys: dict[str, str]) -> dict[str, pl.DataFram
 
 
 def _query(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, object]) -> pl.DataFrame:
-    frame = pl.from_arrow(con.execute(sql, params).to_arrow_table())
+    frame = pl.from_arrow(con.sql(sql, params=params).to_arrow_table())
     assert isinstance(frame, pl.DataFrame)
     return frame
 

@@ -440,20 +440,23 @@ def read_fields(data: bytes, spec: FileSpec) -> Parsed:
 
 
 def apply_rules(parsed: Parsed, file: str, rules: list[Rule]) -> Parsed:
-    """Keep the rows every rule accepts; each failed rule of a row becomes one reject record."""
+    """Keep the rows every rule accepts; a row's failed field is reported once, by its first rule."""
     checks = parsed.rows.with_columns(
         rule.valid.fill_null(False).alias(f"__ok_{i}") for i, rule in enumerate(rules)
     )
-    rejects = [
-        _rejects(
-            checks.filter(~pl.col(f"__ok_{i}")),
-            file,
-            rule.field,
-            pl.col(rule.field).cast(pl.String),
-            rule.reason,
+    rejects = []
+    for i, rule in enumerate(rules):
+        earlier = [f"__ok_{j}" for j, other in enumerate(rules[:i]) if other.field == rule.field]
+        first_failure = ~pl.col(f"__ok_{i}") & pl.all_horizontal(True, *earlier)
+        rejects.append(
+            _rejects(
+                checks.filter(first_failure),
+                file,
+                rule.field,
+                pl.col(rule.field).cast(pl.String),
+                rule.reason,
+            )
         )
-        for i, rule in enumerate(rules)
-    ]
     all_ok = pl.all_horizontal(pl.col(f"__ok_{i}") for i in range(len(rules)))
     rows = checks.filter(all_ok).drop([f"__ok_{i}" for i in range(len(rules))])
     return Parsed(rows=rows, rejects=pl.concat([parsed.rejects, *rejects]))
@@ -746,13 +749,12 @@ def curate_dataset(raw: RawDataset, max_rejects: int) -> CuratedDataset:
     wanted = [f.file for f in raw.files if f.file.startswith("u.") or f.file.endswith(".test")]
     curated = curate_ml100k({name: lake.get_bytes(raw.key(name)) for name in wanted})
     version = dataset_version(raw)
-    if curated.rejects.height:
+    rejected_rows = curated.rejects.select("file", "line").n_unique()
+    if rejected_rows:
         rejects_key = f"rejects/{raw.dataset}/{version}/rejects.parquet"
         lake.write_parquet(rejects_key, curated.rejects)
-        logger.warning(
-            "%d rejected rows written to %s", curated.rejects.height, lake.uri(rejects_key)
-        )
-        if curated.rejects.height > max_rejects:
+        logger.warning("%d rejected rows written to %s", rejected_rows, lake.uri(rejects_key))
+        if rejected_rows > max_rejects:
             raise ValidationError(
                 _rejects_message(curated.rejects, max_rejects, lake.uri(rejects_key))
             )
@@ -761,7 +763,7 @@ def curate_dataset(raw: RawDataset, max_rejects: int) -> CuratedDataset:
         lake_url=lake.url,
         version=version,
         row_counts={name: frame.height for name, frame in curated.tables().items()},
-        rejected=curated.rejects.height,
+        rejected=rejected_rows,
     )
     for name, frame in curated.tables().items():
         lake.write_parquet(ref.table_keys()[name], frame)
@@ -770,11 +772,12 @@ def curate_dataset(raw: RawDataset, max_rejects: int) -> CuratedDataset:
 
 
 def _rejects_message(rejects: pl.DataFrame, max_rejects: int, where: str) -> str:
+    rows = rejects.select("file", "line").n_unique()
     examples = "; ".join(
         f"{r['file']} line {r['line']} field {r['field']} ({r['value']!r}): {r['reason']}"
         for r in rejects.head(5).iter_rows(named=True)
     )
     return (
-        f"{rejects.height} rejected rows (more than the {max_rejects} allowed by "
+        f"{rows} rejected rows (more than the {max_rejects} allowed by "
         f"RECSYS_MAX_REJECTS), listed in {where}. First: {examples}"
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,7 +43,7 @@ COPY_CHUNK_ROWS = 1_000_000
 PG_EPOCH_US = 946_684_800 * 1_000_000  # 2000-01-01 in unix microseconds
 PG_EPOCH_DAYS = 10_957
 
-# Target tables in parent-to-child order: inserted in this order, deleted in reverse.
+# Partitioned tables in parent-to-child order: attached in this order, detached in reverse.
 TABLES: tuple[str, ...] = (
     "movielens.genres",
     "movielens.occupations",
@@ -50,7 +51,6 @@ TABLES: tuple[str, ...] = (
     "movielens.items",
     "movielens.item_genres",
     "movielens.ratings",
-    "movielens.folds",
     "features.item_features",
     "features.user_features",
 )
@@ -125,7 +125,9 @@ def load_dataset(
 ) -> LoadResult:
     """Replace ``dataset`` in the warehouse by ``tables`` (keyed like ``TABLES``) atomically.
 
-    ``on_step`` is called after each step (``staged <table>``, ``swapped``) for progress logs.
+    Each table is COPYed into a fresh table, then, in the same transaction, the dataset's old
+    partitions are detached and dropped and the new ones attached: PostgreSQL builds their
+    indexes and checks their foreign keys in bulk. ``on_step`` receives progress messages.
     """
     missing = [name for name in TABLES if name not in tables]
     if missing:
@@ -141,15 +143,22 @@ def load_dataset(
         if row and row[0] == version:
             step(f"{dataset} {version} is already loaded: nothing to do")
             return result
-        for name in TABLES:
+        for table in TABLES:
             began = time.perf_counter()
-            result.row_counts[name] = stage_table(conn, name, tables[name])
-            result.seconds[f"copy {name}"] = time.perf_counter() - began
-            step(f"staged {name}: {result.row_counts[name]} rows")
+            result.row_counts[table] = copy_into_new_partition(
+                conn, table, dataset, version, tables[table]
+            )
+            result.seconds[f"copy {table}"] = time.perf_counter() - began
+            step(f"copied {table}: {result.row_counts[table]} rows")
         began = time.perf_counter()
-        swap_in_staged(conn, dataset, version)
+        swap_partitions(conn, dataset, version)
         result.seconds["swap"] = time.perf_counter() - began
-        step("swapped")
+        step(f"swapped in {dataset} {version} ({result.seconds['swap']:.2f} s)")
+        conn.execute(
+            "INSERT INTO movielens.datasets (dataset, version, loaded_at) VALUES (%s, %s, now())"
+            " ON CONFLICT (dataset) DO UPDATE SET version = EXCLUDED.version, loaded_at = now()",
+            (dataset, version),
+        )
         conn.execute(
             "INSERT INTO ops.loads (dataset, version, started_at, row_counts, seconds)"
             " VALUES (%s, %s, %s, %s, %s)",
@@ -165,49 +174,60 @@ def load_dataset(
     return result
 
 
-def _staging_name(table: str) -> str:
-    return "stage_" + table.replace(".", "_")
+def partition_name(table: str, dataset: str, version: str) -> str:
+    schema, name = table.split(".")
+    slug = re.sub(r"[^a-z0-9]+", "_", dataset.lower())
+    return f"{schema}.{name}__{slug}_{version[:16]}"
 
 
-def stage_table(conn: psycopg.Connection[Any], table: str, frame: pl.DataFrame) -> int:
-    """Create a temporary staging table shaped like ``frame`` and COPY it in (binary)."""
-    stage = sql.Identifier(_staging_name(table))
-    columns = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(pg_type(dtype)))
-        for name, dtype in frame.schema.items()
+def copy_into_new_partition(
+    conn: psycopg.Connection[Any], table: str, dataset: str, version: str, frame: pl.DataFrame
+) -> int:
+    """Create the dataset's next partition of ``table`` (detached) and COPY ``frame`` into it."""
+    target = _qualified(partition_name(table, dataset, version))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(
+            target, _qualified(table)
+        )
     )
-    conn.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(stage, columns))
-    copy_frame(conn, stage, frame)
+    # lets ATTACH skip its scan of the partition constraint
+    conn.execute(
+        sql.SQL("ALTER TABLE {} ADD CHECK (dataset = {})").format(target, sql.Literal(dataset))
+    )
+    copy_frame(conn, target, frame.with_columns(pl.lit(dataset).alias("dataset")))
     return frame.height
 
 
-def swap_in_staged(conn: psycopg.Connection[Any], dataset: str, version: str) -> None:
-    """Delete the dataset's rows (children first) and insert the staged ones (parents first)."""
-    conn.execute(
-        "INSERT INTO movielens.datasets (dataset, version, loaded_at) VALUES (%s, %s, now())"
-        " ON CONFLICT (dataset) DO UPDATE SET version = EXCLUDED.version, loaded_at = now()",
-        (dataset, version),
-    )
+def swap_partitions(conn: psycopg.Connection[Any], dataset: str, version: str) -> None:
+    """Detach and drop the dataset's current partitions (children first), attach the new ones."""
     for table in reversed(TABLES):
-        conn.execute(
-            sql.SQL("DELETE FROM {} WHERE dataset = %s").format(_qualified(table)), (dataset,)
-        )
-    for table in TABLES:
-        staged = [
-            row[0]
-            for row in conn.execute(
-                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass"
-                " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-                (_staging_name(table),),
+        current = _current_partition(conn, table, dataset)
+        if current is not None:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(_qualified(table), current)
             )
-        ]
-        names = sql.SQL(", ").join(sql.Identifier(name) for name in staged)
+            conn.execute(sql.SQL("DROP TABLE {}").format(current))
+    for table in TABLES:
         conn.execute(
-            sql.SQL("INSERT INTO {} (dataset, {}) SELECT %s, {} FROM {}").format(
-                _qualified(table), names, names, sql.Identifier(_staging_name(table))
-            ),
-            (dataset,),
+            sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
+                _qualified(table),
+                _qualified(partition_name(table, dataset, version)),
+                sql.Literal(dataset),
+            )
         )
+
+
+def _current_partition(
+    conn: psycopg.Connection[Any], table: str, dataset: str
+) -> sql.Composable | None:
+    row = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_inherits i"
+        " JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE i.inhparent = %s::regclass"
+        " AND pg_get_expr(c.relpartbound, c.oid) = format('FOR VALUES IN (%%L)', %s::text)",
+        (table, dataset),
+    ).fetchone()
+    return sql.Identifier(row[0], row[1]) if row else None
 
 
 def _qualified(table: str) -> sql.Composed:
@@ -255,17 +275,22 @@ def pg_type(dtype: pl.DataType) -> str:
 def copy_frame(conn: psycopg.Connection[Any], table: sql.Composable, frame: pl.DataFrame) -> None:
     """COPY ``frame`` into ``table`` in binary format.
 
-    Frames of fixed-width columns without nulls are encoded by NumPy in bulk; others (text,
-    arrays, nulls) go row by row through psycopg's binary dumpers.
+    Frames whose columns are all fixed-width without nulls (numbers, dates, constant-width
+    text such as the dataset name) are encoded by NumPy in bulk; others (free text, arrays,
+    nulls) go row by row through psycopg's binary dumpers.
     """
     names = sql.SQL(", ").join(sql.Identifier(name) for name in frame.columns)
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(table, names)
     types = [pg_type(dtype) for dtype in frame.dtypes]
+    layouts = [
+        _fixed_layout(frame[name], pg) for name, pg in zip(frame.columns, types, strict=True)
+    ]
     with conn.cursor() as cur, cur.copy(statement) as copy:
-        if all(t in BINARY_LAYOUT for t in types) and frame.null_count().sum_horizontal()[0] == 0:
+        if all(layouts):
             copy.write(COPY_HEADER)
             for offset in range(0, frame.height, COPY_CHUNK_ROWS):
-                copy.write(encode_binary_rows(frame.slice(offset, COPY_CHUNK_ROWS), types))
+                chunk = frame.slice(offset, COPY_CHUNK_ROWS)
+                copy.write(encode_binary_rows(chunk, types, layouts))  # type: ignore[arg-type]
             copy.write(COPY_TRAILER)
             return
         copy.set_types(types)
@@ -273,15 +298,28 @@ def copy_frame(conn: psycopg.Connection[Any], table: sql.Composable, frame: pl.D
             copy.write_row(row)
 
 
-def encode_binary_rows(frame: pl.DataFrame, types: list[str]) -> bytes:
+def _fixed_layout(series: pl.Series, pg: str) -> str | None:
+    """NumPy dtype of the column's binary values when every one has the same width, else None."""
+    if series.null_count():
+        return None
+    if pg in BINARY_LAYOUT:
+        return BINARY_LAYOUT[pg]
+    if pg == "text" and series.len():
+        widths = series.str.len_bytes()
+        if widths.min() == widths.max():
+            return f"S{widths[0]}"
+    return None
+
+
+def encode_binary_rows(frame: pl.DataFrame, types: list[str], layouts: list[str]) -> bytes:
     """Rows of fixed-width, non-null columns in COPY BINARY tuple format, built in one array."""
     layout: list[tuple[str, str]] = [("fields", ">i2")]
-    for i, pg in enumerate(types):
-        layout += [(f"len{i}", ">i4"), (f"val{i}", BINARY_LAYOUT[pg])]
+    for i, dtype in enumerate(layouts):
+        layout += [(f"len{i}", ">i4"), (f"val{i}", dtype)]
     rows = np.empty(frame.height, dtype=np.dtype(layout))
     rows["fields"] = len(types)
-    for i, (column, pg) in enumerate(zip(frame.columns, types, strict=True)):
-        rows[f"len{i}"] = np.dtype(BINARY_LAYOUT[pg]).itemsize
+    for i, (column, pg, dtype) in enumerate(zip(frame.columns, types, layouts, strict=True)):
+        rows[f"len{i}"] = np.dtype(dtype).itemsize
         rows[f"val{i}"] = _binary_values(frame[column], pg)
     return rows.tobytes()
 
@@ -291,19 +329,21 @@ def _binary_values(series: pl.Series, pg: str) -> np.ndarray:
         return series.dt.epoch("us").to_numpy() - PG_EPOCH_US
     if pg == "date":
         return series.cast(pl.Int32).to_numpy() - PG_EPOCH_DAYS
+    if pg == "text":
+        return np.asarray(series.to_list(), dtype=bytes)
     return series.to_numpy()
 
 
 # --- queries ----------------------------------------------------------------------------------
 def table_counts(url: str, dataset: str) -> dict[str, int]:
-    """Row count of every warehouse table for ``dataset``."""
+    """Row count of every warehouse table (and the folds view) for ``dataset``."""
     with connect(url) as conn:
         return {
             table: conn.execute(
                 sql.SQL("SELECT count(*) FROM {} WHERE dataset = %s").format(_qualified(table)),
                 (dataset,),
             ).fetchone()[0]  # type: ignore[index]
-            for table in TABLES
+            for table in (*TABLES, "movielens.folds")
         }
 
 
@@ -330,13 +370,15 @@ def warehouse_tables(
         "movielens.users": curated["users"],
         "movielens.items": curated["items"],
         "movielens.item_genres": curated["item_genres"],
-        "movielens.ratings": curated["ratings"].select(
+        "movielens.ratings": curated["ratings"]
+        .join(curated["folds"], on=["user_id", "item_id"], how="left")
+        .select(
             "user_id",
             "item_id",
             pl.col("rating").cast(pl.Float32),
             pl.from_epoch("timestamp", time_unit="s").dt.replace_time_zone("UTC").alias("rated_at"),
+            pl.col("test_fold").cast(pl.Int16),
         ),
-        "movielens.folds": curated["folds"].with_columns(pl.col("test_fold").cast(pl.Int16)),
         "features.item_features": item_features.select(
             "item_id",
             "release_year",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -201,3 +202,32 @@ def http_server() -> Iterator[HttpServer]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+# --- a real PostgreSQL ----------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """PostgreSQL for the session: pgserver's bundled binaries (run as root too), pip-only."""
+    import pgserver
+
+    # a short path: the server's unix socket lives in its data folder (108-byte limit)
+    folder = Path(tempfile.mkdtemp(prefix="recsys-pg-", dir="/tmp"))
+    server = pgserver.get_server(folder, cleanup_mode="delete")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def database_url(recsys_env: Path, postgres_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, empty database on the session server, set as RECSYS_DATABASE_URL."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_conninfo(postgres_server, dbname=name)
+    monkeypatch.setenv("RECSYS_DATABASE_URL", url)
+    return url

@@ -1,5 +1,6 @@
--- The warehouse: MovieLens tables, features, serving, operations. Every table carries the
--- dataset name, so several MovieLens members live side by side.
+-- The warehouse: MovieLens tables, features, serving, operations.
+-- Every dataset table is partitioned by dataset, so several MovieLens members live side by
+-- side and a load swaps one member's partitions whole (see tasks/warehouse.py).
 CREATE SCHEMA IF NOT EXISTS movielens;
 CREATE SCHEMA IF NOT EXISTS features;
 CREATE SCHEMA IF NOT EXISTS serving;
@@ -12,17 +13,17 @@ CREATE TABLE movielens.datasets (
 );
 
 CREATE TABLE movielens.genres (
-    dataset   text NOT NULL REFERENCES movielens.datasets (dataset),
+    dataset   text NOT NULL,
     genre_id  smallint NOT NULL,
     name      text NOT NULL,
     PRIMARY KEY (dataset, genre_id)
-);
+) PARTITION BY LIST (dataset);
 
 CREATE TABLE movielens.occupations (
-    dataset  text NOT NULL REFERENCES movielens.datasets (dataset),
+    dataset  text NOT NULL,
     name     text NOT NULL,
     PRIMARY KEY (dataset, name)
-);
+) PARTITION BY LIST (dataset);
 
 CREATE TABLE movielens.users (
     dataset     text NOT NULL,
@@ -33,10 +34,10 @@ CREATE TABLE movielens.users (
     zip_code    text,
     PRIMARY KEY (dataset, user_id),
     FOREIGN KEY (dataset, occupation) REFERENCES movielens.occupations (dataset, name)
-);
+) PARTITION BY LIST (dataset);
 
 CREATE TABLE movielens.items (
-    dataset             text NOT NULL REFERENCES movielens.datasets (dataset),
+    dataset             text NOT NULL,
     item_id             integer NOT NULL CHECK (item_id > 0),
     title               text NOT NULL,
     release_date        date,
@@ -44,7 +45,7 @@ CREATE TABLE movielens.items (
     imdb_url            text,
     release_year        smallint,
     PRIMARY KEY (dataset, item_id)
-);
+) PARTITION BY LIST (dataset);
 
 CREATE TABLE movielens.item_genres (
     dataset   text NOT NULL,
@@ -53,31 +54,27 @@ CREATE TABLE movielens.item_genres (
     PRIMARY KEY (dataset, item_id, genre_id),
     FOREIGN KEY (dataset, item_id) REFERENCES movielens.items (dataset, item_id),
     FOREIGN KEY (dataset, genre_id) REFERENCES movielens.genres (dataset, genre_id)
-);
+) PARTITION BY LIST (dataset);
 CREATE INDEX item_genres_genre ON movielens.item_genres (dataset, genre_id);
 
+-- test_fold: the official fold whose test set holds the rating (1..5); train of fold i is
+-- every rating with test_fold <> i.
 CREATE TABLE movielens.ratings (
-    dataset   text NOT NULL,
-    user_id   integer NOT NULL,
-    item_id   integer NOT NULL,
-    rating    real NOT NULL CHECK (rating BETWEEN 0.5 AND 5),
-    rated_at  timestamptz NOT NULL,
-    PRIMARY KEY (dataset, user_id, item_id),
-    FOREIGN KEY (dataset, user_id) REFERENCES movielens.users (dataset, user_id),
-    FOREIGN KEY (dataset, item_id) REFERENCES movielens.items (dataset, item_id)
-);
-CREATE INDEX ratings_item ON movielens.ratings (dataset, item_id);
-
-CREATE TABLE movielens.folds (
     dataset    text NOT NULL,
     user_id    integer NOT NULL,
     item_id    integer NOT NULL,
+    rating     real NOT NULL CHECK (rating BETWEEN 0.5 AND 5),
+    rated_at   timestamptz NOT NULL,
     test_fold  smallint NOT NULL CHECK (test_fold BETWEEN 1 AND 5),
     PRIMARY KEY (dataset, user_id, item_id),
-    FOREIGN KEY (dataset, user_id, item_id)
-        REFERENCES movielens.ratings (dataset, user_id, item_id)
-);
-CREATE INDEX folds_fold ON movielens.folds (dataset, test_fold);
+    FOREIGN KEY (dataset, user_id) REFERENCES movielens.users (dataset, user_id),
+    FOREIGN KEY (dataset, item_id) REFERENCES movielens.items (dataset, item_id)
+) PARTITION BY LIST (dataset);
+CREATE INDEX ratings_item ON movielens.ratings (dataset, item_id);
+CREATE INDEX ratings_fold ON movielens.ratings (dataset, test_fold);
+
+CREATE VIEW movielens.folds AS
+    SELECT dataset, user_id, item_id, test_fold FROM movielens.ratings;
 
 CREATE TABLE features.item_features (
     dataset          text NOT NULL,
@@ -90,7 +87,7 @@ CREATE TABLE features.item_features (
     popularity_rank  integer NOT NULL,
     PRIMARY KEY (dataset, item_id),
     FOREIGN KEY (dataset, item_id) REFERENCES movielens.items (dataset, item_id)
-);
+) PARTITION BY LIST (dataset);
 
 CREATE TABLE features.user_features (
     dataset          text NOT NULL,
@@ -105,7 +102,7 @@ CREATE TABLE features.user_features (
     favourite_genre  text,
     PRIMARY KEY (dataset, user_id),
     FOREIGN KEY (dataset, user_id) REFERENCES movielens.users (dataset, user_id)
-);
+) PARTITION BY LIST (dataset);
 
 CREATE TABLE serving.recommendations (
     model_name     text NOT NULL,
@@ -140,4 +137,5 @@ CREATE TABLE ops.telemetry_outbox (
     last_error    text,
     delivered_at  timestamptz
 );
-CREATE INDEX telemetry_outbox_pending ON ops.telemetry_outbox (outbox_id) WHERE delivered_at IS NULL;
+CREATE INDEX telemetry_outbox_pending ON ops.telemetry_outbox (outbox_id)
+    WHERE delivered_at IS NULL;

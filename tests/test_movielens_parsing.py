@@ -1,0 +1,144 @@
+"""Parsing and validation of the MovieLens files: every kind of bad row is rejected with its line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from bench.synth import SyntheticSize, write_ml100k
+from tasks.movielens import ValidationError, curate_ml100k
+
+SMALL = SyntheticSize(ratings=400, users=25, items=50)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, bytes]:
+    folder = write_ml100k(tmp_path / "ml", SMALL, seed=5, folds=False)
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def with_line(data: bytes, line: bytes) -> tuple[bytes, int]:
+    """``data`` with ``line`` appended; returns the new bytes and the line's number."""
+    return data + line + b"\n", data.count(b"\n") + 1
+
+
+def rejects_of(files: dict[str, bytes]) -> list[tuple[str, int, str, str]]:
+    rejects = curate_ml100k(files).rejects
+    return [(r["file"], r["line"], r["field"], r["reason"]) for r in rejects.iter_rows(named=True)]
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "reason"),
+    [
+        (b"1\t2\tfive\t881250949", "rating", "rating must be an integer 1..5"),
+        (b"1\t2\t6\t881250949", "rating", "rating must be an integer 1..5"),
+        (b"1\t2\t3.5\t881250949", "rating", "rating must be an integer 1..5"),
+        (b"0\t2\t3\t881250949", "user_id", "user id must be a positive integer"),
+        (b"1\t-4\t3\t881250949", "item_id", "item id must be a positive integer"),
+        (b"1\t2\t3\tyesterday", "timestamp", "timestamp must be a non-negative integer"),
+        (b"999\t2\t3\t881250949", "user_id", "user not in u.user"),
+        (b"1\t9999\t3\t881250949", "item_id", "item not in u.item"),
+        (b"1\t2\t3", "line", "expected 4 fields separated by '\\t'"),
+    ],
+)
+def test_bad_rating_lines_are_rejected_with_their_line(
+    files: dict[str, bytes], line: bytes, field: str, reason: str
+) -> None:
+    files["u.data"], number = with_line(files["u.data"], line)
+
+    assert rejects_of(files) == [("u.data", number, field, reason)]
+
+
+def test_duplicate_pair_rejects_the_later_line(files: dict[str, bytes]) -> None:
+    first = files["u.data"].split(b"\n")[0].split(b"\t")
+    duplicate = b"\t".join([first[0], first[1], b"1", first[3]])
+    files["u.data"], number = with_line(files["u.data"], duplicate)
+
+    assert rejects_of(files) == [
+        (
+            "u.data",
+            number,
+            "item_id",
+            "duplicate (user, item) pair: the user rated this item on an earlier line",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "reason"),
+    [
+        (b"900|30|X|student|12345", "gender", "gender must be M or F"),
+        (b"900|300|M|student|12345", "age", "age must be an integer in 1..120"),
+        (b"900|30|M|astronaut|12345", "occupation", "occupation not listed in u.occupation"),
+        (b"900|30|M|student|", "zip_code", "zip code is empty"),
+        (b"1|30|M|student|12345", "user_id", "duplicate user id"),
+    ],
+)
+def test_bad_user_lines_are_rejected(
+    files: dict[str, bytes], line: bytes, field: str, reason: str
+) -> None:
+    files["u.user"], number = with_line(files["u.user"], line)
+
+    assert rejects_of(files) == [("u.user", number, field, reason)]
+
+
+def item_line(item_id: str = "900", date: str = "01-Jan-1995", flag: str = "0") -> bytes:
+    flags = "|".join([flag] + ["0"] * 18)
+    return f"{item_id}|Noël (1995)|{date}||http://x|{flags}".encode("latin-1")
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "reason"),
+    [
+        (item_line(date="1995-01-01"), "release_date", "release date is not like 01-Jan-1995"),
+        (item_line(flag="2"), "genre_0", "genre flag must be 0 or 1"),
+        (item_line(item_id="x"), "item_id", "item id must be a positive integer"),
+    ],
+)
+def test_bad_item_lines_are_rejected(
+    files: dict[str, bytes], line: bytes, field: str, reason: str
+) -> None:
+    files["u.item"], number = with_line(files["u.item"], line)
+
+    assert rejects_of(files) == [("u.item", number, field, reason)]
+
+
+def test_latin1_titles_and_missing_dates_survive(files: dict[str, bytes]) -> None:
+    files["u.item"], _ = with_line(files["u.item"], item_line(date=""))
+
+    items = curate_ml100k(files).items.filter(pl.col("item_id") == 900)
+
+    assert items["title"].to_list() == ["Noël (1995)"]
+    assert items["release_date"].to_list() == [None]
+
+
+def test_folds_are_derived_by_the_readme_rule(files: dict[str, bytes]) -> None:
+    folds = curate_ml100k(files).folds
+
+    assert folds.group_by("test_fold").len().sort("test_fold")["len"].to_list() == [80] * 5
+    assert folds["test_fold"].head(80).unique().to_list() == [1]
+
+
+def test_official_folds_that_disagree_fail(files: dict[str, bytes]) -> None:
+    lines = files["u.data"].split(b"\n")
+    files["u1.test"] = b"\n".join(lines[80:160]) + b"\n"  # the second fifth, not the first
+
+    with pytest.raises(ValidationError, match=r"u1\.test: disagrees with the folds derived"):
+        curate_ml100k(files)
+
+
+@pytest.mark.realdata
+def test_real_ml100k_parses_clean(ml100k_dir: Path) -> None:
+    curated = curate_ml100k({p.name: p.read_bytes() for p in ml100k_dir.iterdir() if p.is_file()})
+
+    assert curated.rejects.height == 0
+    assert (curated.ratings.height, curated.users.height, curated.items.height) == (
+        100_000,
+        943,
+        1682,
+    )
+    assert curated.genres.height == 19 and curated.occupations.height == 21
+    titles = curated.items.filter(pl.col("item_id") == 543)["title"].to_list()
+    assert titles == ["Misérables, Les (1995)"]

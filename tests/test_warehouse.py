@@ -1,0 +1,247 @@
+"""The warehouse against a real PostgreSQL: atomic, serialised, idempotent loads."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import polars as pl
+import psycopg
+import pytest
+from psycopg import sql
+
+from bench.synth import SyntheticSize, write_ml100k
+from tasks.config import load_settings
+from tasks.features import item_features, user_features
+from tasks.movielens import curate_ml100k
+from tasks.warehouse import (
+    TABLES,
+    connect,
+    copy_frame,
+    current_version,
+    load_dataset,
+    migrate,
+    read_table,
+    table_counts,
+    warehouse_tables,
+)
+from tasks.warehouse import (
+    database_url as resolve_database_url,
+)
+
+SMALL = SyntheticSize(ratings=3000, users=60, items=120)
+
+
+def tables_of(folder: Path) -> dict[str, pl.DataFrame]:
+    curated = curate_ml100k({p.name: p.read_bytes() for p in folder.iterdir()})
+    items = item_features(curated.ratings, curated.items, curated.item_genres, curated.genres)
+    users = user_features(curated.ratings, curated.users, curated.item_genres, curated.genres)
+    return warehouse_tables(curated.tables(), items, users)
+
+
+@pytest.fixture(scope="module")
+def small_tables(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pl.DataFrame]:
+    return tables_of(write_ml100k(tmp_path_factory.mktemp("wh") / "ml", SMALL, seed=11))
+
+
+@pytest.fixture(scope="module")
+def other_tables(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pl.DataFrame]:
+    size = SyntheticSize(ratings=2000, users=40, items=90)
+    return tables_of(write_ml100k(tmp_path_factory.mktemp("wh2") / "ml", size, seed=12))
+
+
+@pytest.fixture
+def warehouse(database_url: str) -> str:
+    migrate(database_url)
+    return database_url
+
+
+def loads_count(url: str) -> int:
+    return int(read_table(url, "SELECT count(*) AS n FROM ops.loads")["n"][0])
+
+
+def partitions(url: str) -> list[str]:
+    return read_table(
+        url,
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname IN ('movielens', 'features') AND c.relkind = 'r' ORDER BY 1",
+    )["relname"].to_list()
+
+
+def test_migrations_apply_once(database_url: str) -> None:
+    assert migrate(database_url) == ["V001__warehouse"]
+    assert migrate(database_url) == []
+
+
+def test_load_fills_every_table(warehouse: str, small_tables: dict[str, pl.DataFrame]) -> None:
+    result = load_dataset(warehouse, "ml-100k", "v1", small_tables)
+
+    counts = table_counts(warehouse, "ml-100k")
+    assert result.loaded
+    assert counts == {**{t: small_tables[t].height for t in TABLES}, "movielens.folds": 3000}
+    assert current_version(warehouse, "ml-100k") == "v1"
+    recorded = read_table(warehouse, "SELECT version, row_counts FROM ops.loads")
+    assert recorded["version"].to_list() == ["v1"]
+    assert recorded["row_counts"][0]["movielens.ratings"] == 3000
+
+
+def test_loaded_values_match_the_frames(
+    warehouse: str, small_tables: dict[str, pl.DataFrame]
+) -> None:
+    load_dataset(warehouse, "ml-100k", "v1", small_tables)
+
+    ratings = read_table(
+        warehouse,
+        "SELECT user_id, item_id, rating, rated_at, test_fold FROM movielens.ratings"
+        " WHERE dataset = 'ml-100k' ORDER BY user_id, item_id",
+    )
+    expected = small_tables["movielens.ratings"].sort("user_id", "item_id")
+    assert ratings["rating"].to_list() == expected["rating"].cast(pl.Float64).to_list()
+    assert ratings["rated_at"].to_list() == expected["rated_at"].to_list()
+    assert ratings["test_fold"].to_list() == expected["test_fold"].to_list()
+    titles = read_table(warehouse, "SELECT title FROM movielens.items ORDER BY item_id")["title"]
+    assert titles.to_list() == small_tables["movielens.items"].sort("item_id")["title"].to_list()
+
+
+def test_same_version_twice_changes_nothing(
+    warehouse: str, small_tables: dict[str, pl.DataFrame]
+) -> None:
+    load_dataset(warehouse, "ml-100k", "v1", small_tables)
+    before = partitions(warehouse)
+
+    again = load_dataset(warehouse, "ml-100k", "v1", small_tables)
+
+    assert not again.loaded
+    assert loads_count(warehouse) == 1
+    assert partitions(warehouse) == before
+
+
+def test_new_version_replaces_the_old_one(
+    warehouse: str, small_tables: dict[str, pl.DataFrame], other_tables: dict[str, pl.DataFrame]
+) -> None:
+    load_dataset(warehouse, "ml-100k", "v1", small_tables)
+
+    load_dataset(warehouse, "ml-100k", "v2", other_tables)
+
+    assert table_counts(warehouse, "ml-100k")["movielens.ratings"] == 2000
+    assert current_version(warehouse, "ml-100k") == "v2"
+    assert [p for p in partitions(warehouse) if p.startswith("ratings")] == ["ratings__ml_100k_v2"]
+
+
+def test_datasets_live_side_by_side(
+    warehouse: str, small_tables: dict[str, pl.DataFrame], other_tables: dict[str, pl.DataFrame]
+) -> None:
+    load_dataset(warehouse, "ml-100k", "v1", small_tables)
+    load_dataset(warehouse, "ml-other", "v1", other_tables)
+
+    assert table_counts(warehouse, "ml-100k")["movielens.ratings"] == 3000
+    assert table_counts(warehouse, "ml-other")["movielens.ratings"] == 2000
+
+
+def test_connection_killed_mid_load_keeps_the_previous_version(
+    warehouse: str, small_tables: dict[str, pl.DataFrame], other_tables: dict[str, pl.DataFrame]
+) -> None:
+    load_dataset(warehouse, "ml-100k", "v1", small_tables)
+    before = partitions(warehouse)
+
+    def kill_the_loader(message: str) -> None:
+        if message.startswith("copied movielens.ratings"):
+            with connect(warehouse, autocommit=True) as admin:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+
+    with pytest.raises(psycopg.OperationalError):
+        load_dataset(warehouse, "ml-100k", "v2", other_tables, on_step=kill_the_loader)
+
+    assert current_version(warehouse, "ml-100k") == "v1"
+    assert table_counts(warehouse, "ml-100k")["movielens.ratings"] == 3000
+    assert partitions(warehouse) == before
+    assert loads_count(warehouse) == 1
+
+
+def test_concurrent_loads_serialise_and_end_consistent(
+    warehouse: str, small_tables: dict[str, pl.DataFrame], other_tables: dict[str, pl.DataFrame]
+) -> None:
+    errors: list[BaseException] = []
+
+    def load(version: str, tables: dict[str, pl.DataFrame]) -> None:
+        try:
+            load_dataset(warehouse, "ml-100k", version, tables)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=load, args=("va", small_tables)),
+        threading.Thread(target=load, args=("vb", other_tables)),
+        threading.Thread(target=load, args=("vb", other_tables)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    version = current_version(warehouse, "ml-100k")
+    expected = {"va": 3000, "vb": 2000}
+    assert errors == []
+    assert table_counts(warehouse, "ml-100k")["movielens.ratings"] == expected[str(version)]
+    assert [p for p in partitions(warehouse) if p.startswith("ratings")] == [
+        f"ratings__ml_100k_{version}"
+    ]
+    assert loads_count(warehouse) in {2, 3}
+
+
+def test_binary_copy_round_trips_every_type(warehouse: str) -> None:
+    frame = pl.DataFrame(
+        {
+            "i": [1, 2],
+            "f": [0.5, None],
+            "t": ["Café", None],
+            "d": [date(1995, 1, 1), None],
+            "ts": [datetime(1997, 12, 4, 15, 55, 49, tzinfo=UTC)] * 2,
+            "a": [[1.5, 2.0], []],
+        },
+        schema={
+            "i": pl.Int32,
+            "f": pl.Float64,
+            "t": pl.String,
+            "d": pl.Date,
+            "ts": pl.Datetime("us", "UTC"),
+            "a": pl.List(pl.Float64),
+        },
+    )
+    fixed = frame.select(
+        "i", pl.lit("ml-1m").alias("k"), "ts", pl.col("d").fill_null(date(2000, 1, 1))
+    )
+    with connect(warehouse) as conn:
+        conn.execute(
+            "CREATE TABLE t1 (i integer, f double precision, t text, d date,"
+            " ts timestamptz, a double precision[])"
+        )
+        conn.execute("CREATE TABLE t2 (i integer, k text, ts timestamptz, d date)")
+        copy_frame(conn, sql.Identifier("t1"), frame)
+        copy_frame(conn, sql.Identifier("t2"), fixed)
+
+    assert read_table(warehouse, "SELECT * FROM t1 ORDER BY i").to_dicts() == frame.to_dicts()
+    assert read_table(warehouse, "SELECT * FROM t2 ORDER BY i").to_dicts() == fixed.to_dicts()
+
+
+def test_embedded_postgres_when_no_url_is_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import tempfile
+
+    import pgserver
+
+    home = Path(tempfile.mkdtemp(prefix="recsys-home-", dir="/tmp"))
+    monkeypatch.delenv("RECSYS_DATABASE_URL", raising=False)
+    monkeypatch.setenv("RECSYS_HOME", str(home))
+    try:
+        url = resolve_database_url(load_settings())
+        migrate(url)
+        assert (home / "postgres" / "PG_VERSION").is_file()
+        assert current_version(url, "ml-100k") is None
+    finally:
+        pgserver.get_server(home / "postgres").cleanup()
