@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import numpy as np
@@ -78,6 +79,11 @@ class RecommenderModel(ABC, Generic[ConfigT]):
     @abstractmethod
     def _fit(self, train: Ratings, *, users: Any | None) -> None: ...
 
+    @property
+    def ranking_depends_on_neighbors(self) -> bool:
+        """Whether ``recommend`` changes with ``n_neighbors`` (re-ranked in a sweep)."""
+        return False
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "ratings_"):
             raise ModelNotFittedError(
@@ -90,41 +96,65 @@ class RecommenderModel(ABC, Generic[ConfigT]):
 
     # -- rating prediction ---------------------------------------------------------------
 
-    def predict(self, user_ids: Any, item_ids: Any) -> np.ndarray:
+    def predict(
+        self, user_ids: Any, item_ids: Any, *, n_neighbors: int | None = None
+    ) -> np.ndarray:
         """Predicted ratings for parallel arrays of raw ids, clipped to 1..5; unknown users or
-        items get the bias baseline, never NaN."""
+        items get the bias baseline, never NaN. ``n_neighbors`` overrides the configured
+        neighbour count after fitting (neighbourhood models reuse their similarities)."""
         self._check_fitted()
         users = self.ratings_.user_positions(np.atleast_1d(np.asarray(user_ids)))
         items = self.ratings_.item_positions(np.atleast_1d(np.asarray(item_ids)))
         if users.shape != items.shape:
             raise ValueError("user_ids and item_ids must have the same length")
-        return self.predict_positions(users, items)
+        return self.predict_positions(users, items, n_neighbors)
 
-    def predict_positions(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    def predict_for_neighbors(
+        self, user_ids: Any, item_ids: Any, n_neighbors: Sequence[int]
+    ) -> dict[int, np.ndarray]:
+        """``{k: predict(user_ids, item_ids, n_neighbors=k)}``; neighbourhood models compute all
+        counts from one similarity matrix and one partial sort."""
+        return {k: self.predict(user_ids, item_ids, n_neighbors=k) for k in n_neighbors}
+
+    def predict_positions(
+        self, users: np.ndarray, items: np.ndarray, n_neighbors: int | None = None
+    ) -> np.ndarray:
         """:meth:`predict` on row/column positions of ``ratings_`` (-1 = unknown)."""
         fallback = self.baseline_.predict(users, items)
         known = (users >= 0) & (items >= 0)
         predictions = fallback.copy()
         if known.any():
-            predictions[known] = self._predict_index(users[known], items[known])
+            predictions[known] = self._predict_index(users[known], items[known], n_neighbors)
+        return self._finish(predictions, fallback)
+
+    @staticmethod
+    def _finish(predictions: np.ndarray, fallback: np.ndarray) -> np.ndarray:
         predictions = np.where(np.isfinite(predictions), predictions, fallback)
         return np.clip(predictions, MIN_RATING, MAX_RATING)
 
     @abstractmethod
-    def _predict_index(self, users: np.ndarray, items: np.ndarray) -> np.ndarray: ...
+    def _predict_index(
+        self, users: np.ndarray, items: np.ndarray, n_neighbors: int | None = None
+    ) -> np.ndarray:
+        """Predictions for known user/item positions (NaN allowed: the baseline fills in)."""
 
     # -- ranking -------------------------------------------------------------------------
 
-    def _score_users(self, users: np.ndarray) -> np.ndarray:
+    def _score_users(self, users: np.ndarray, n_neighbors: int | None = None) -> np.ndarray:
         """Ranking scores (len(users) x n_items) for known user positions; higher is better.
         By default the predicted ratings of every item."""
         n_items = self.ratings_.n_items
         rows = np.repeat(users, n_items)
         cols = np.tile(np.arange(n_items), len(users))
-        return self.predict_positions(rows, cols).reshape(len(users), n_items)
+        return self.predict_positions(rows, cols, n_neighbors).reshape(len(users), n_items)
 
     def recommend_positions(
-        self, users: np.ndarray, n: int = 10, *, batch_size: int = 256
+        self,
+        users: np.ndarray,
+        n: int = 10,
+        *,
+        n_neighbors: int | None = None,
+        batch_size: int = 256,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``n`` unrated item positions and scores per user position, best first.
         Rows are padded with -1 / -inf when a user has fewer than ``n`` candidates."""
@@ -137,7 +167,7 @@ class RecommenderModel(ABC, Generic[ConfigT]):
         rated = self.ratings_.matrix
         for start in range(0, len(users), batch_size):
             batch = users[start : start + batch_size]
-            scores = self._score_users(batch).astype(np.float64)
+            scores = np.array(self._score_users(batch, n_neighbors), dtype=np.float64)
             seen = rated[batch].toarray() != 0
             scores[seen] = -np.inf
             best = np.argpartition(-scores, width - 1, axis=1)[:, :width]

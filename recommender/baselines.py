@@ -23,8 +23,8 @@ class BiasConfig(ModelConfig):
     """Damped user + item biases (Koren's baseline predictor)."""
 
     kind: Literal["bias"] = "bias"
-    user_damping: float = Field(5.0, ge=0)
-    item_damping: float = Field(5.0, ge=0)
+    user_damping: float = Field(default=5.0, ge=0)
+    item_damping: float = Field(default=5.0, ge=0)
 
 
 class GlobalMean(RecommenderModel[GlobalMeanConfig]):
@@ -35,10 +35,12 @@ class GlobalMean(RecommenderModel[GlobalMeanConfig]):
     def _fit(self, train: Ratings, *, users: Any | None) -> None:
         self.mean_ = float(train.values.mean())
 
-    def _predict_index(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    def _predict_index(
+        self, users: np.ndarray, items: np.ndarray, n_neighbors: int | None = None
+    ) -> np.ndarray:
         return np.full(len(users), self.mean_)
 
-    def _score_users(self, users: np.ndarray) -> np.ndarray:
+    def _score_users(self, users: np.ndarray, n_neighbors: int | None = None) -> np.ndarray:
         # Every item has the same prediction; break the tie by item bias, not by id.
         return np.broadcast_to(self.baseline_.item_bias, (len(users), self.ratings_.n_items))
 
@@ -52,10 +54,12 @@ class BiasBaseline(RecommenderModel[BiasConfig]):
         # The shared fallback already is this model, fitted with the config's damping.
         self.biases_: Biases = self.baseline_
 
-    def _predict_index(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    def _predict_index(
+        self, users: np.ndarray, items: np.ndarray, n_neighbors: int | None = None
+    ) -> np.ndarray:
         return self.biases_.predict(users, items)
 
-    def _score_users(self, users: np.ndarray) -> np.ndarray:
+    def _score_users(self, users: np.ndarray, n_neighbors: int | None = None) -> np.ndarray:
         return self.biases_.mean + self.biases_.user_bias[users, None] + self.biases_.item_bias
 
 

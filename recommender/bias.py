@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
+
 from recommender.data import Ratings
+
 
 @dataclass(frozen=True)
 class Biases:
@@ -43,5 +46,3 @@ def fit_biases(
             user_count + user_damping
         )
     return Biases(mean, user_bias, item_bias)
-
-

@@ -1,0 +1,113 @@
+"""K-Means of users or items, with the elbow (inertia) and silhouette helpers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Literal, Self
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import silhouette_score
+
+from recommender.bias import fit_biases
+from recommender.data import Ratings
+
+logger = logging.getLogger(__name__)
+
+ClusterOf = Literal["users", "items"]
+ClusterFeatures = Literal["residuals", "ratings", "rated", "genres"]
+
+
+def kmeans(features: np.ndarray, n_clusters: int, seed: int = 0, n_init: int = 3) -> KMeans:
+    """A fitted scikit-learn K-Means (k-means++ init, fixed seed for determinism)."""
+    n_clusters = min(n_clusters, len(features))
+    return KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit(features)
+
+
+def cluster_labels(features: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
+    """K-Means labels of the rows; one cluster (all zeros) when ``n_clusters`` is 1."""
+    if n_clusters <= 1 or len(features) <= 1:
+        return np.zeros(len(features), dtype=np.int64)
+    return kmeans(features, n_clusters, seed).labels_.astype(np.int64)
+
+
+def elbow_inertias(
+    features: np.ndarray, cluster_counts: Sequence[int], seed: int = 0
+) -> np.ndarray:
+    """K-Means inertia (within-cluster sum of squares) for each cluster count."""
+    return np.array([kmeans(features, k, seed).inertia_ for k in cluster_counts])
+
+
+def elbow_point(cluster_counts: Sequence[int], inertias: Sequence[float] | np.ndarray) -> int:
+    """The elbow: the count whose (normalised) inertia lies farthest below the straight line
+    from the first to the last point (the "kneedle" rule)."""
+    counts = np.asarray(cluster_counts, dtype=np.float64)
+    values = np.asarray(inertias, dtype=np.float64)
+    if len(counts) < 3:
+        return int(counts[0])
+    x = (counts - counts[0]) / (counts[-1] - counts[0])
+    spread = values[0] - values[-1]
+    y = (values - values[-1]) / spread if spread > 0 else np.zeros_like(values)
+    below_chord = (1.0 - x) - y
+    return int(counts[int(np.argmax(below_chord))])
+
+
+def silhouette(features: np.ndarray, labels: np.ndarray, sample_size: int | None = 2000,
+               seed: int = 0) -> float:  # fmt: skip
+    """Mean silhouette coefficient (-1..1); NaN when there is a single cluster."""
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    size = None if sample_size is None or sample_size >= len(labels) else sample_size
+    return float(silhouette_score(features, labels, sample_size=size, random_state=seed))
+
+
+def rating_features(ratings: Ratings, of: ClusterOf, features: ClusterFeatures) -> np.ndarray:
+    """Rows to cluster: per user (or item) its baseline residuals, raw ratings, 0/1 rated
+    flags (each over the other side), or for items the genre flags."""
+    if features == "genres":
+        if of != "items" or ratings.genres is None:
+            raise ValueError("genre features need of='items' and Ratings carrying genres")
+        return ratings.genres
+    if features == "residuals":
+        values = fit_biases(ratings).residuals(ratings)
+    elif features == "rated":
+        values = np.ones(len(ratings))
+    else:
+        values = ratings.values
+    dense = np.zeros((ratings.n_users, ratings.n_items))
+    dense[ratings.user_index, ratings.item_index] = values
+    return dense if of == "users" else dense.T
+
+
+class RatingClusters:
+    """K-Means of users or items from a :class:`Ratings` (notebook-friendly helper).
+
+    ``RatingClusters(8, of="items", features="genres").fit(ratings).labels_``
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        of: ClusterOf = "users",
+        features: ClusterFeatures = "residuals",
+        seed: int = 0,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.of = of
+        self.features = features
+        self.seed = seed
+
+    def fit(self, ratings: Ratings) -> Self:
+        self.features_ = rating_features(ratings, self.of, self.features)
+        fitted = kmeans(self.features_, self.n_clusters, self.seed)
+        self.labels_: np.ndarray = fitted.labels_
+        self.cluster_centers_: np.ndarray = fitted.cluster_centers_
+        self.inertia_ = float(fitted.inertia_)
+        return self
+
+    def silhouette(self, sample_size: int | None = 2000) -> float:
+        if not hasattr(self, "labels_"):
+            raise NotFittedError("RatingClusters is not fitted yet; call fit(ratings) first")
+        return silhouette(self.features_, self.labels_, sample_size, self.seed)

@@ -1,0 +1,297 @@
+"""The tuned K-Means + KNN hybrid: user- and/or item-based KNN on baseline residuals, with
+K-Means clusters restricting or weighting the neighbourhood and a validation-fit blend."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from recommender.base import RecommenderModel
+from recommender.bias import fit_biases
+from recommender.clustering import cluster_labels
+from recommender.config import ModelConfig
+from recommender.data import Ratings
+from recommender.factors import fit_factors
+from recommender.neighbors import (
+    RatedLists,
+    Similarity,
+    neighborhood_average,
+    rated_lists,
+    shrunk_similarity,
+)
+from recommender.ranking import ImplicitKNN, ImplicitKNNConfig
+
+logger = logging.getLogger(__name__)
+
+SWEEP_NEIGHBORS: tuple[int, ...] = (10, 20, 40, 80)
+"""Neighbour counts whose blend weights every fit learns, so a sweep needs one fit."""
+
+
+class KMeansKNNConfig(ModelConfig):
+    """Hyper-parameters of :class:`KMeansKNN`; the defaults are the best configuration found
+    (chosen on validation splits carved from the training folds, never on test data)."""
+
+    kind: Literal["kmeans_knn"] = "kmeans_knn"
+    based: Literal["user", "item", "both"] = Field(
+        default="both", description="neighbourhoods of users, of items, or both blended"
+    )
+    similarity: Similarity = "pearson"
+    n_neighbors: int = Field(default=40, ge=1)
+    shrinkage: float = Field(default=100.0, ge=0, description="similarity * (n-1)/(n-1+shrinkage)")
+    min_support: int = Field(
+        default=1, ge=1, description="co-ratings needed for a non-zero similarity"
+    )
+    neighbor_damping: float = Field(
+        default=0.5, ge=0, description="added to sum(similarity): pulls thin neighbourhoods to 0"
+    )
+    user_damping: float = Field(default=5.0, ge=0)
+    item_damping: float = Field(default=5.0, ge=0)
+    n_clusters: int = Field(default=1, ge=1, description="K-Means clusters; 1 = no clustering")
+    cluster_weight: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="weight of neighbours outside the cluster; 0 = restrict",
+    )
+    cluster_biases: bool = Field(default=False, description="add damped cluster x item biases")
+    cluster_bias_damping: float = Field(default=25.0, ge=0)
+    n_factors: int = Field(
+        default=50, ge=0, description="latent factors on the residuals; 0 = none"
+    )
+    factor_regularization: float = Field(default=0.15, gt=0)
+    factor_iterations: int = Field(default=10, ge=1)
+    validation_fraction: float = Field(
+        default=0.1, gt=0, lt=0.5, description="training share held out to fit the blend weights"
+    )
+    seed: int = 0
+    ranking: ImplicitKNNConfig | None = Field(
+        default=ImplicitKNNConfig(),
+        description="scorer of recommend(); None ranks by predicted rating",
+    )
+
+    @property
+    def n_parts(self) -> int:
+        """How many residual predictors the blend combines."""
+        return (2 if self.based == "both" else 1) + (1 if self.n_factors > 0 else 0)
+
+
+@dataclass
+class _Side:
+    """A fitted neighbourhood: similarity between entities and the lists to average over."""
+
+    similarity: np.ndarray
+    lists: RatedLists
+    labels: np.ndarray
+
+
+class _Parts:
+    """Everything fitted on one set of ratings: baseline, cluster biases, KNN sides, factors."""
+
+    def __init__(self, train: Ratings, config: KMeansKNNConfig, held_out: bool = False) -> None:
+        self.config = config
+        users, items = train.user_index, train.item_index
+        self.biases = fit_biases(train, config.user_damping, config.item_damping)
+        # log(1 + count) of each user and item, scaled as if fit on all the training data.
+        scale = 1.0 / (1.0 - (config.validation_fraction if held_out else 0.0))
+        self.user_support = np.log1p(np.bincount(users, minlength=train.n_users) * scale) / 7
+        self.item_support = np.log1p(np.bincount(items, minlength=train.n_items) * scale) / 7
+        residuals = self.biases.residuals(train).astype(np.float32)
+        dense = np.zeros((train.n_users, train.n_items), dtype=np.float32)
+        dense[train.user_index, train.item_index] = residuals
+        rated = np.zeros_like(dense)
+        rated[train.user_index, train.item_index] = 1.0
+        self.user_labels = self._labels(dense, "user")
+        self.item_labels = self._labels(dense.T, "item")
+        self.cluster_bias = self._cluster_bias(dense, rated)
+        dense -= self.cluster_bias * rated
+        residuals = dense[users, items]
+        self.item_side = self.user_side = None
+        if config.based in ("item", "both"):
+            lists = rated_lists(users, items, residuals, train.n_users, train.n_items)
+            self.item_side = self._side(dense.T, rated.T, lists, self.item_labels)
+        if config.based in ("user", "both"):
+            lists = rated_lists(items, users, residuals, train.n_items, train.n_users)
+            self.user_side = self._side(dense, rated, lists, self.user_labels)
+        self.factors = None
+        if config.n_factors > 0:
+            shape = (train.n_users, train.n_items)
+            self.factors = fit_factors(
+                users, items, residuals.astype(np.float64), shape, config.n_factors,
+                config.factor_regularization, config.factor_iterations, config.seed,
+            )  # fmt: skip
+
+    def _labels(self, rows: np.ndarray, side: str) -> np.ndarray | None:
+        wanted = self.config.based in (side, "both")
+        if self.config.n_clusters <= 1 or not wanted:
+            return None
+        return cluster_labels(rows, self.config.n_clusters, self.config.seed)
+
+    def _cluster_bias(self, dense: np.ndarray, rated: np.ndarray) -> np.ndarray:
+        """Damped mean residual of each (user cluster, item) and (user, item cluster)."""
+        bias = np.zeros_like(dense)
+        if not self.config.cluster_biases:
+            return bias
+        damping = self.config.cluster_bias_damping
+        if self.user_labels is not None:
+            members = np.eye(self.config.n_clusters, dtype=np.float32)[self.user_labels]
+            per_cluster = (members.T @ dense) / (members.T @ rated + damping)
+            bias += per_cluster[self.user_labels]
+        if self.item_labels is not None:
+            members = np.eye(self.config.n_clusters, dtype=np.float32)[self.item_labels]
+            remaining = (dense - bias) * rated
+            per_cluster = (remaining @ members) / (rated @ members + damping)
+            bias += per_cluster[:, self.item_labels]
+        return bias
+
+    def _side(
+        self, rows: np.ndarray, rated: np.ndarray, lists: RatedLists, labels: np.ndarray | None
+    ) -> _Side:
+        config = self.config
+        similarity = shrunk_similarity(
+            rows, rated, config.similarity, config.shrinkage, config.min_support
+        )
+        if labels is None:
+            labels = np.zeros(len(rows), dtype=np.int64)
+        else:
+            same = labels[:, None] == labels[None, :]
+            similarity *= np.where(same, 1.0, config.cluster_weight).astype(np.float32)
+        return _Side(similarity, lists, labels)
+
+    def base(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Baseline plus cluster biases for known positions."""
+        return self.biases.predict(users, items) + self.cluster_bias[users, items]
+
+    def residual_parts(
+        self, users: np.ndarray, items: np.ndarray, counts: Sequence[int]
+    ) -> dict[int, np.ndarray]:
+        """``{k: design matrix}`` of the residual predictions (item-KNN, user-KNN, factors)."""
+        damping = self.config.neighbor_damping
+        columns: dict[int, list[np.ndarray]] = {k: [] for k in counts}
+        if self.item_side is not None:
+            side = self.item_side
+            found = neighborhood_average(side.similarity, side.lists, users, items, counts, damping)
+            for k in counts:
+                columns[k].append(found[k][0])
+        if self.user_side is not None:
+            side = self.user_side
+            found = neighborhood_average(side.similarity, side.lists, items, users, counts, damping)
+            for k in counts:
+                columns[k].append(found[k][0])
+        if self.factors is not None:
+            user_factors, item_factors = self.factors
+            dot = (user_factors[users] * item_factors[items]).sum(axis=1)
+            for k in counts:
+                columns[k].append(dot)
+        return {k: self._design(users, items, parts) for k, parts in columns.items()}
+
+    def _design(self, users: np.ndarray, items: np.ndarray, parts: list[np.ndarray]) -> np.ndarray:
+        """Blend inputs: the parts, the parts scaled by user/item support (trust a KNN more
+        where there is more data; feature-weighted linear stacking), and the supports."""
+        predictors = np.column_stack(parts)
+        user_support = self.user_support[users]
+        item_support = self.item_support[items]
+        return np.column_stack(
+            [
+                np.ones(len(users)),
+                predictors,
+                predictors * user_support[:, None],
+                predictors * item_support[:, None],
+                user_support,
+                item_support,
+            ]
+        )
+
+
+class KMeansKNN(RecommenderModel[KMeansKNNConfig]):
+    """K-Means + KNN recommender; ``KMeansKNN()`` is the best configuration found.
+
+    ``predict``: baseline + a blend of residual KNN predictions (weights fit on a validation
+    split of the training data); ``recommend``: the implicit-feedback scorer ``ranker_``.
+    """
+
+    config_class = KMeansKNNConfig
+
+    def _fit(self, train: Ratings, *, users: Any | None) -> None:
+        config = self.config
+        counts = sorted({config.n_neighbors, *SWEEP_NEIGHBORS})
+        self.blend_weights_ = self._blend_weights(train, counts)
+        self.parts_ = _Parts(train, config)
+        self.cluster_labels_ = (
+            self.parts_.user_labels if config.based != "item" else self.parts_.item_labels
+        )
+        sides = [s for s in (self.parts_.item_side, self.parts_.user_side) if s is not None]
+        self.similarity_ = sides[0].similarity if sides else None
+        self.ranker_ = ImplicitKNN(config.ranking).fit(train) if config.ranking else None
+
+    def _blend_weights(self, train: Ratings, counts: Sequence[int]) -> dict[int, np.ndarray]:
+        """Least-squares weights ``[intercept, part...]`` per neighbour count, fit on a held-out
+        share of the training ratings; a single part needs no blend."""
+        config = self.config
+        if config.n_parts == 1:
+            # Just the one residual prediction: intercept 0, weight 1, no support terms.
+            single = np.zeros(3 + 3 * config.n_parts)
+            single[1] = 1.0
+            return {k: single for k in counts}
+        held = np.random.default_rng(config.seed).random(len(train)) < config.validation_fraction
+        inner = _Parts(train.subset(~held), config, held_out=True)
+        users, items = train.user_index[held], train.item_index[held]
+        target = train.values[held] - inner.base(users, items)
+        weights = {}
+        for k, design in inner.residual_parts(users, items, counts).items():
+            weights[k] = np.linalg.lstsq(design, target, rcond=None)[0]
+        logger.debug("blend weights at k=%d: %s", config.n_neighbors, weights[config.n_neighbors])
+        return weights
+
+    def _weights_for(self, k: int) -> np.ndarray:
+        if k in self.blend_weights_:
+            return self.blend_weights_[k]
+        logger.info(
+            "no blend weights fit for k=%d; using those of k=%d", k, self.config.n_neighbors
+        )
+        return self.blend_weights_[self.config.n_neighbors]
+
+    def _predict_index(
+        self, users: np.ndarray, items: np.ndarray, n_neighbors: int | None = None
+    ) -> np.ndarray:
+        k = n_neighbors or self.config.n_neighbors
+        return self._blend(users, items, [k])[k]
+
+    def _blend(
+        self, users: np.ndarray, items: np.ndarray, counts: Sequence[int]
+    ) -> dict[int, np.ndarray]:
+        base = self.parts_.base(users, items)
+        predictions = {}
+        for k, design in self.parts_.residual_parts(users, items, counts).items():
+            predictions[k] = base + design @ self._weights_for(k)
+        return predictions
+
+    def predict_for_neighbors(
+        self, user_ids: Any, item_ids: Any, n_neighbors: Sequence[int]
+    ) -> dict[int, np.ndarray]:
+        """Predictions for several neighbour counts from one similarity and one partial sort."""
+        self._check_fitted()
+        users = self.ratings_.user_positions(np.atleast_1d(np.asarray(user_ids)))
+        items = self.ratings_.item_positions(np.atleast_1d(np.asarray(item_ids)))
+        fallback = self.baseline_.predict(users, items)
+        known = (users >= 0) & (items >= 0)
+        blended = self._blend(users[known], items[known], list(n_neighbors))
+        results = {}
+        for k in n_neighbors:
+            predictions = fallback.copy()
+            predictions[known] = blended[k]
+            results[k] = self._finish(predictions, fallback)
+        return results
+
+    @property
+    def ranking_depends_on_neighbors(self) -> bool:
+        return self.config.ranking is None
+
+    def _score_users(self, users: np.ndarray, n_neighbors: int | None = None) -> np.ndarray:
+        if self.ranker_ is None:
+            return super()._score_users(users, n_neighbors)
+        return self.ranker_._score_users(users)

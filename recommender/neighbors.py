@@ -1,0 +1,142 @@
+"""Vectorised neighbourhood kernels: shrunk similarities and top-k weighted residual averages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+Similarity = Literal["pearson", "cosine"]
+
+# Pairs are processed in buckets of owners with similar list lengths, so padding stays small.
+_BUCKETS = 16
+_MAX_BUCKET_CELLS = 8_000_000
+
+
+def shrunk_similarity(
+    residuals: np.ndarray,
+    rated: np.ndarray,
+    measure: Similarity = "pearson",
+    shrinkage: float = 100.0,
+    min_support: int = 1,
+) -> np.ndarray:
+    """Similarity between the rows of a dense ``residuals`` matrix (0 where not rated).
+
+    ``pearson``: correlation of residuals over co-rated columns (Surprise's pearson_baseline);
+    ``cosine``: cosine of the whole residual rows. Both are shrunk by ``(n-1)/(n-1+shrinkage)``
+    for ``n`` co-rated columns, zeroed below ``min_support`` and on the diagonal.
+    """
+    x = residuals.astype(np.float32, copy=False)
+    mask = rated.astype(np.float32, copy=False)
+    covariance = x @ x.T
+    support = mask @ mask.T
+    if measure == "pearson":
+        squares = (x * x) @ mask.T  # squares[a, b]: sum of a's squared residuals where b rated
+        norms = np.sqrt(squares * squares.T)
+    else:
+        length = np.sqrt((x * x).sum(axis=1))
+        norms = np.outer(length, length)
+    similarity = np.divide(covariance, norms, out=np.zeros_like(covariance), where=norms > 0)
+    overlap = np.maximum(support - 1.0, 0.0)
+    similarity *= overlap / (overlap + shrinkage) if shrinkage > 0 else (overlap > 0)
+    similarity[support < min_support] = 0.0
+    np.fill_diagonal(similarity, 0.0)
+    return similarity
+
+
+@dataclass(frozen=True)
+class RatedLists:
+    """For every owner (a user, or an item), the padded positions and residuals of what it
+    is linked to; padding points at a virtual entity ``n_entities`` with similarity 0."""
+
+    positions: np.ndarray
+    values: np.ndarray
+    counts: np.ndarray
+    n_entities: int
+
+
+def rated_lists(
+    owners: np.ndarray, entities: np.ndarray, values: np.ndarray, n_owners: int, n_entities: int
+) -> RatedLists:
+    """Group ``(owner, entity, value)`` triples into padded per-owner rows."""
+    order = np.lexsort((entities, owners))
+    owners, entities, values = owners[order], entities[order], values[order]
+    counts = np.bincount(owners, minlength=n_owners)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    slot = np.arange(len(owners)) - starts[owners]
+    width = max(int(counts.max(initial=0)), 1)
+    positions = np.full((n_owners, width), n_entities, dtype=np.int64)
+    padded = np.zeros((n_owners, width), dtype=np.float32)
+    positions[owners, slot] = entities
+    padded[owners, slot] = values
+    return RatedLists(positions, padded, counts, n_entities)
+
+
+def neighborhood_average(
+    similarity: np.ndarray,
+    lists: RatedLists,
+    owners: np.ndarray,
+    targets: np.ndarray,
+    neighbor_counts: Sequence[int],
+    damping: float = 0.0,
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """For each pair (owner, target): among the entities in the owner's list, the ``k`` most
+    similar to the target; returns ``{k: (sum(s*r) / (sum(s) + damping), sum(s))}`` over the
+    positive similarities. All ``k`` share one partial sort, so a neighbour sweep is cheap.
+    """
+    counts = sorted({int(k) for k in neighbor_counts})
+    largest = counts[-1]
+    padded_similarity = np.zeros((similarity.shape[0], lists.n_entities + 1), np.float32)
+    padded_similarity[:, : lists.n_entities] = similarity
+    results = {k: (np.zeros(len(owners)), np.zeros(len(owners))) for k in counts}
+    for chunk in length_buckets(lists.counts[owners]):
+        width = max(int(lists.counts[owners[chunk]].max()), 1)
+        neighbors = lists.positions[owners[chunk], :width]
+        weights = padded_similarity[targets[chunk, None], neighbors]
+        values = lists.values[owners[chunk], :width]
+        if width > largest:
+            best = np.argpartition(-weights, largest - 1, axis=1)[:, :largest]
+            weights = np.take_along_axis(weights, best, axis=1)
+            values = np.take_along_axis(values, best, axis=1)
+        order = np.argsort(-weights, axis=1, kind="stable")
+        weights = np.maximum(np.take_along_axis(weights, order, axis=1), 0.0)
+        values = np.take_along_axis(values, order, axis=1)
+        weighted = np.cumsum(weights * values, axis=1, dtype=np.float64)
+        total = np.cumsum(weights, axis=1, dtype=np.float64)
+        for k in counts:
+            column = min(k, weights.shape[1]) - 1
+            denominator = total[:, column] + damping
+            average = np.divide(
+                weighted[:, column],
+                denominator,
+                out=np.zeros(len(chunk)),
+                where=denominator > 1e-9,
+            )
+            results[k][0][chunk] = average
+            results[k][1][chunk] = total[:, column]
+    return results
+
+
+def length_buckets(lengths: np.ndarray) -> list[np.ndarray]:
+    """Pair indices grouped by list length, each group small enough to pad densely."""
+    order = np.argsort(lengths, kind="stable")
+    groups = []
+    for chunk in np.array_split(order, min(_BUCKETS, max(len(order), 1))):
+        if len(chunk) == 0:
+            continue
+        width = max(int(lengths[chunk].max()), 1)
+        rows_per_piece = max(_MAX_BUCKET_CELLS // width, 1)
+        groups.extend(np.array_split(chunk, -(-len(chunk) // rows_per_piece)))
+    return groups
+
+
+def top_k_rows(similarity: np.ndarray, k: int) -> np.ndarray:
+    """A copy of ``similarity`` keeping only each row's ``k`` largest entries."""
+    if k >= similarity.shape[1]:
+        return similarity.copy()
+    kept = np.zeros_like(similarity)
+    best = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+    np.put_along_axis(kept, best, np.take_along_axis(similarity, best, axis=1), axis=1)
+    return kept

@@ -1,0 +1,97 @@
+"""Top-N from implicit feedback (who rated what): sharpened user-KNN blended with item-item
+weights learned by ridge regression (EASE), optionally restricted to K-Means user clusters."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from recommender.base import RecommenderModel
+from recommender.clustering import cluster_labels
+from recommender.config import ModelConfig
+from recommender.data import Ratings
+from recommender.neighbors import top_k_rows
+
+
+class ImplicitKNNConfig(ModelConfig):
+    """Ranking scorer on the 0/1 "rated" matrix; the rating values are ignored."""
+
+    kind: Literal["implicit_knn"] = "implicit_knn"
+    n_neighbors: int = Field(default=100, ge=1, description="user neighbours per user")
+    sharpen: float = Field(default=3.0, ge=0.1, le=10, description="exponent on cosine similarity")
+    item_weight: float = Field(
+        default=0.8,
+        ge=0,
+        le=1,
+        description="share of the item-item (EASE) scores; 0 = user-KNN only",
+    )
+    item_l2: float = Field(
+        default=300.0, gt=0, description="ridge penalty of the item-item weights"
+    )
+    n_clusters: int = Field(default=1, ge=1, description="K-Means user clusters; 1 = no clustering")
+    cluster_weight: float = Field(
+        default=0.0, ge=0, le=1, description="weight of neighbours outside the user's cluster"
+    )
+    seed: int = 0
+
+
+class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
+    """Ranks unrated items; ``predict`` gives the bias baseline (it does not model ratings)."""
+
+    config_class = ImplicitKNNConfig
+    predicts_ratings = False
+
+    def _fit(self, train: Ratings, *, users: Any | None) -> None:
+        config = self.config
+        rated = np.zeros((train.n_users, train.n_items), dtype=np.float32)
+        rated[train.user_index, train.item_index] = 1.0
+        self.rated_ = rated
+        self.cluster_labels_ = cluster_labels(rated, config.n_clusters, config.seed)
+        self.similarity_ = self._user_similarity(rated)
+        self.item_weights_ = self._item_weights(rated) if config.item_weight > 0 else None
+
+    def _user_similarity(self, rated: np.ndarray) -> np.ndarray:
+        length = np.sqrt(rated.sum(axis=1))
+        norms = np.maximum(np.outer(length, length), 1e-9)
+        # Sharpening (similarity ** p) lets the closest neighbours dominate the vote.
+        similarity = (rated @ rated.T / norms) ** self.config.sharpen
+        if self.config.n_clusters > 1:
+            same = self.cluster_labels_[:, None] == self.cluster_labels_[None, :]
+            similarity *= np.where(same, 1.0, self.config.cluster_weight).astype(np.float32)
+        np.fill_diagonal(similarity, 0.0)
+        return similarity.astype(np.float32)
+
+    def _item_weights(self, rated: np.ndarray) -> np.ndarray:
+        # EASE (Steck 2019): closed-form item-item regression with a zero diagonal.
+        gram = (rated.T @ rated).astype(np.float64)
+        gram[np.diag_indices_from(gram)] += self.config.item_l2
+        inverse = np.linalg.inv(gram)
+        weights = -inverse / np.diag(inverse)[None, :]
+        np.fill_diagonal(weights, 0.0)
+        return weights.astype(np.float32)
+
+    def _predict_index(
+        self, users: np.ndarray, items: np.ndarray, n_neighbors: int | None = None
+    ) -> np.ndarray:
+        return self.baseline_.predict(users, items)
+
+    @property
+    def ranking_depends_on_neighbors(self) -> bool:
+        return True
+
+    def _score_users(self, users: np.ndarray, n_neighbors: int | None = None) -> np.ndarray:
+        k = n_neighbors or self.config.n_neighbors
+        neighbors = top_k_rows(self.similarity_[users], k)
+        user_scores = _scaled(neighbors @ self.rated_)
+        if self.item_weights_ is None:
+            return user_scores
+        item_scores = _scaled(self.rated_[users] @ self.item_weights_)
+        share = self.config.item_weight
+        return (1.0 - share) * user_scores + share * item_scores
+
+
+def _scaled(scores: np.ndarray) -> np.ndarray:
+    """Each row divided by its largest magnitude, so the two scorers blend on one scale."""
+    return scores / np.maximum(np.abs(scores).max(axis=1, keepdims=True), 1e-12)
