@@ -434,3 +434,26 @@ def load_into_warehouse(curated: CuratedDataset, features: FeatureSet) -> LoadRe
     migrate(url)
     stale = current_version(url, curated.dataset) != curated.version
     return load_warehouse.with_options(refresh_cache=stale)(curated, features)
+
+
+def replace_recommendations(
+    url: str, model_name: str, model_version: str, dataset: str, top_n: pl.DataFrame
+) -> int:
+    """Store a model version's top-N lists (user_id, rank, item_id, score) in one transaction."""
+    frame = top_n.select(
+        pl.lit(model_name).alias("model_name"),
+        pl.lit(model_version).alias("model_version"),
+        pl.lit(dataset).alias("dataset"),
+        pl.col("user_id").cast(pl.Int32),
+        pl.col("rank").cast(pl.Int16),
+        pl.col("item_id").cast(pl.Int32),
+        pl.col("score").cast(pl.Float64),
+    )
+    with connect(url) as conn, conn.transaction():
+        conn.execute(
+            "DELETE FROM serving.recommendations"
+            " WHERE model_name = %s AND model_version = %s AND dataset = %s",
+            (model_name, model_version, dataset),
+        )
+        copy_frame(conn, sql.SQL("serving.recommendations"), frame)
+    return frame.height

@@ -1,0 +1,81 @@
+"""Train: sweep cluster and neighbour counts over the folds into MLflow, promote a champion,
+and write its top-N recommendations for every user to PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from tasks.config import load_settings, prefect_environment
+from tasks.sweep import (
+    ChampionRecord,
+    promote_champion,
+    record_sweep,
+    summary_markdown,
+    write_recommendations,
+)
+from tasks.training import evaluate_unit, prepare_training_set, sweep_tasks
+from tasks.warehouse import current_version, database_url, migrate
+
+ModelKind = Literal["kmeans_knn", "paper", "forest", "bias", "global_mean", "popularity"]
+DEFAULT_KINDS: list[ModelKind] = [
+    "kmeans_knn",
+    "paper",
+    "forest",
+    "bias",
+    "global_mean",
+    "popularity",
+]
+
+
+@flow(name="train", log_prints=True)
+def train(
+    n_clusters: list[int] | None = None,
+    n_neighbors: list[int] | None = None,
+    kinds: list[ModelKind] | None = None,
+    folds: list[int] | None = None,
+    selection_metric: Literal["rmse", "ndcg_at_10"] = "rmse",
+    top_n: int = 10,
+    dataset_version: str | None = None,
+) -> ChampionRecord:
+    """Sweep the models over the folds of the warehouse's current dataset version.
+
+    Defaults: clusters 1, 2, 4, 8, 16, 32; neighbours 10, 20, 40, 80; every model kind; all five
+    folds; RMSE selects the champion (``ndcg_at_10`` selects the ranking scorer).
+    """
+    settings = load_settings()
+    model_kinds: list[str] = list(kinds or DEFAULT_KINDS)
+    cluster_counts = sorted(n_clusters or [1, 2, 4, 8, 16, 32])
+    neighbour_counts = sorted(n_neighbors or [10, 20, 40, 80])
+    grid = {"kinds": model_kinds, "n_clusters": cluster_counts, "n_neighbors": neighbour_counts}
+    version = dataset_version or warehouse_version(settings.dataset)
+    training = prepare_training_set(settings.dataset, version, settings.resolved_lake_url)
+    units = sweep_tasks(model_kinds, folds or list(training.folds), cluster_counts, neighbour_counts)
+    futures = [evaluate_unit.submit(training, unit) for unit in units]
+    records = [record for future in futures for record in future.result()]
+    sweep = record_sweep(training, records, grid, selection_metric)
+    champion = promote_champion(training, sweep)
+    write_recommendations(training, champion, top_n)
+    create_markdown_artifact(summary_markdown(sweep, champion), key="train-summary",
+                             description="Best configurations and the champion")  # fmt: skip
+    return champion
+
+
+def warehouse_version(dataset: str) -> str:
+    """The dataset version the warehouse holds (the transform loads it)."""
+    url = database_url(load_settings())
+    migrate(url)
+    version = current_version(url, dataset)
+    if version is None:
+        raise RuntimeError(f"the warehouse holds no {dataset}: run flows/transform.py first")
+    return version
+
+
+if __name__ == "__main__":
+    with prefect_environment():
+        result = train()
+    print(
+        f"Champion: {result.champion_version}; this run's model: v{result.version} ({result.alias})"
+    )

@@ -1,0 +1,219 @@
+"""Matplotlib figures for the training sweep and the report.
+
+Built on ``matplotlib.figure.Figure`` directly (no global pyplot state), so safe in threads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+
+LOWER_IS_BETTER = frozenset({"rmse", "mae", "mse"})
+PAPER_MODEL = "paper (reported)"  # drawn like any other model
+
+
+def _lower_is_better(metric: str) -> bool:
+    return metric.lower() in LOWER_IS_BETTER
+
+
+def _new_figure(width: float = 7.0, height: float = 4.5) -> Figure:
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _annotate_cells(ax: Axes, image: AxesImage, grid: np.ndarray) -> None:
+    """Write each finite cell value (3 decimals) in black or white, whichever reads better."""
+    rgba = np.asarray(image.cmap(image.norm(grid)))
+    luminance = rgba[..., :3] @ np.array([0.299, 0.587, 0.114])
+    for row, col in zip(*np.nonzero(np.isfinite(grid)), strict=True):
+        colour = "black" if luminance[row, col] > 0.5 else "white"
+        text = f"{grid[row, col]:.3f}"
+        ax.text(col, row, text, ha="center", va="center", color=colour, fontsize=8)
+
+
+def sweep_heatmap(sweep: pl.DataFrame, metric: str, kind: str) -> Figure:
+    """Grid of ``metric`` for one ``kind``: rows n_clusters, columns n_neighbors (ascending)."""
+    rows = sweep.filter(pl.col("kind") == kind)
+    if rows.is_empty():
+        raise ValueError(f"no sweep rows of kind {kind!r}")
+    clusters = sorted(rows["n_clusters"].unique().to_list())
+    neighbours = sorted(rows["n_neighbors"].unique().to_list())
+    wide = rows.pivot(
+        on="n_neighbors", index="n_clusters", values=metric, aggregate_function="mean"
+    ).sort("n_clusters")
+    grid = wide.select([str(n) for n in neighbours]).cast(pl.Float64).to_numpy()
+    figure = _new_figure(1.6 + 0.9 * len(neighbours), 1.4 + 0.6 * len(clusters))
+    ax = figure.add_subplot()
+    cmap = "viridis_r" if _lower_is_better(metric) else "viridis"
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto")
+    figure.colorbar(image, ax=ax, label=metric)
+    _annotate_cells(ax, image, grid)
+    ax.set_xticks(range(len(neighbours)), [str(n) for n in neighbours])
+    ax.set_yticks(range(len(clusters)), [str(k) for k in clusters])
+    ax.set_xlabel("n_neighbors")
+    ax.set_ylabel("n_clusters")
+    ax.set_title(f"{metric} of {kind}: clusters x neighbours")
+    return figure
+
+
+def elbow_plot(
+    n_clusters: list[int],
+    inertia: list[float],
+    silhouette: list[float | None],
+    chosen: int | None = None,
+) -> Figure:
+    """Inertia (left axis) and silhouette (right axis, None skipped) against the cluster count."""
+    figure = _new_figure()
+    ax = figure.add_subplot()
+    ax.plot(n_clusters, inertia, marker="o", color="tab:blue", label="inertia")
+    ax.set_xlabel("number of clusters k")
+    ax.set_ylabel("inertia", color="tab:blue")
+    ax.set_xticks(n_clusters)
+    right = ax.twinx()
+    known = [(k, s) for k, s in zip(n_clusters, silhouette, strict=True) if s is not None]
+    right.plot(
+        [k for k, _ in known],
+        [s for _, s in known],
+        marker="s",
+        color="tab:orange",
+        label="silhouette",
+    )
+    right.set_ylabel("silhouette", color="tab:orange")
+    if chosen is not None:
+        ax.axvline(chosen, color="grey", linestyle="--", label=f"chosen k = {chosen}")
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=3)
+    ax.set_title("K-Means elbow: inertia and silhouette")
+    return figure
+
+
+def cluster_sizes_plot(sizes: dict[int, list[int]]) -> Figure:
+    """Per cluster count k (ascending), a boxplot of members per cluster with the points on top."""
+    ks = sorted(sizes)
+    figure = _new_figure(max(5.0, 0.7 * len(ks) + 2.0), 4.5)
+    ax = figure.add_subplot()
+    positions = list(range(len(ks)))
+    ax.boxplot([sizes[k] for k in ks], positions=positions, widths=0.6, showfliers=False)
+    for position, k in zip(positions, ks, strict=True):
+        ax.scatter([position] * len(sizes[k]), sizes[k], s=12, alpha=0.6, color="tab:blue")
+    ax.set_xticks(positions, [str(k) for k in ks])
+    ax.set_xlabel("number of clusters k")
+    ax.set_ylabel("members per cluster")
+    ax.set_title("Cluster sizes per cluster count")
+    return figure
+
+
+def _metric_bars(ax: Axes, models: pl.DataFrame, metric: str, label: str) -> None:
+    """Horizontal bars of one metric, best on top, models without a value left out."""
+    value = pl.col(metric).cast(pl.Float64)
+    known = models.filter(value.is_not_null() & value.is_not_nan()).sort(
+        metric, descending=not _lower_is_better(metric)
+    )
+    ax.set_title(label)
+    ax.set_xlabel(label)
+    if known.is_empty():
+        ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
+        ax.set_yticks([])
+        return
+    positions = range(known.height)
+    bars = ax.barh(positions, known[metric].cast(pl.Float64).to_list(), color="tab:blue")
+    ax.bar_label(bars, fmt="%.3f", padding=3, fontsize=8)
+    ax.set_yticks(positions, known["model"].to_list())
+    ax.invert_yaxis()
+    ax.margins(x=0.2)
+
+
+def model_comparison_plot(models: pl.DataFrame) -> Figure:
+    """RMSE (lower is better) and NDCG@10 side by side, each sorted best-first."""
+    figure = _new_figure(11.0, 0.5 + 0.45 * max(models.height, 4))
+    rmse_ax, ndcg_ax = figure.subplots(1, 2)
+    _metric_bars(rmse_ax, models, "rmse", "RMSE")
+    _metric_bars(ndcg_ax, models, "ndcg_at_10", "NDCG@10")
+    rmse_ax.set_ylabel("model")
+    figure.suptitle("Model comparison (best first)")
+    return figure
+
+
+def feature_importance_plot(importances: list[tuple[str, float]], top: int = 20) -> Figure:
+    """The ``top`` largest importances as horizontal bars, largest on top."""
+    ranked = sorted(importances, key=lambda pair: pair[1], reverse=True)[:top]
+    figure = _new_figure(7.0, 1.0 + 0.3 * max(len(ranked), 4))
+    ax = figure.add_subplot()
+    ax.barh(range(len(ranked)), [value for _, value in ranked], color="tab:green")
+    ax.set_yticks(range(len(ranked)), [name for name, _ in ranked])
+    ax.invert_yaxis()
+    ax.set_xlabel("importance")
+    ax.set_ylabel("feature")
+    ax.set_title(f"Top {len(ranked)} feature importances")
+    return figure
+
+
+def rating_distribution_plot(ratings: pl.DataFrame) -> Figure:
+    """One bar per distinct rating value (ascending) with its count."""
+    counts = ratings.group_by("rating").agg(pl.len().alias("count")).sort("rating")
+    figure = _new_figure()
+    ax = figure.add_subplot()
+    positions = range(counts.height)
+    bars = ax.bar(positions, counts["count"].to_list(), color="tab:blue")
+    ax.bar_label(bars, fmt="{:,.0f}", padding=2, fontsize=8)
+    ax.set_xticks(positions, [f"{value:g}" for value in counts["rating"].to_list()])
+    ax.set_xlabel("rating")
+    ax.set_ylabel("number of ratings")
+    ax.set_title("Rating distribution")
+    return figure
+
+
+def long_tail_plot(ratings: pl.DataFrame) -> Figure:
+    """Ratings per user and per item, each sorted descending against rank, log-scaled y."""
+    figure = _new_figure(11.0, 4.5)
+    for ax, key, noun in zip(
+        figure.subplots(1, 2), ("user_id", "item_id"), ("user", "item"), strict=True
+    ):
+        counts = ratings.group_by(key).len().sort("len", descending=True)["len"].to_numpy()
+        ax.plot(np.arange(1, counts.size + 1), counts, color="tab:blue")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"{noun} rank")
+        ax.set_ylabel("number of ratings")
+        ax.set_title(f"Ratings per {noun}")
+    figure.suptitle("Long tail of activity and popularity")
+    return figure
+
+
+def genre_popularity_plot(
+    ratings: pl.DataFrame, item_genres: pl.DataFrame, genres: pl.DataFrame
+) -> Figure:
+    """Number of ratings per genre (most popular on top), annotated with the mean rating."""
+    per_genre = (
+        ratings.select(pl.col("item_id").cast(pl.Int64), pl.col("rating").cast(pl.Float64))
+        .join(item_genres.select(pl.col("item_id", "genre_id").cast(pl.Int64)), on="item_id")
+        .join(genres.select(pl.col("genre_id").cast(pl.Int64), "name"), on="genre_id")
+        .group_by("name")
+        .agg(pl.len().alias("count"), pl.col("rating").mean().alias("mean"))
+        .sort(["count", "name"], descending=[True, False])
+    )
+    figure = _new_figure(8.0, 1.0 + 0.35 * max(per_genre.height, 4))
+    ax = figure.add_subplot()
+    positions = range(per_genre.height)
+    bars = ax.barh(positions, per_genre["count"].to_list(), color="tab:purple")
+    labels = [
+        f"{count:,} (mean {mean:.2f})" for count, mean in per_genre.select("count", "mean").rows()
+    ]
+    ax.bar_label(bars, labels=labels, padding=3, fontsize=8)
+    ax.set_yticks(positions, per_genre["name"].to_list())
+    ax.invert_yaxis()
+    ax.margins(x=0.25)
+    ax.set_xlabel("number of ratings")
+    ax.set_ylabel("genre")
+    ax.set_title("Genre popularity (mean rating annotated)")
+    return figure
+
+
+def save_figure(figure: Figure, path: Path) -> Path:
+    """Write ``figure`` as PNG (dpi 110, tight bounding box), creating parent folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=110, bbox_inches="tight")
+    return path

@@ -1,0 +1,260 @@
+"""MLflow: the sweep as a parent run with a nested run per configuration, the registry, and
+the champion alias, which moves only when a new model beats the current champion.
+
+Runs are addressed by id through ``MlflowClient`` (never MLflow's thread-local active run), so
+the sweep's tasks may log from any thread.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib.metadata import version as installed_version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import polars as pl
+from matplotlib.figure import Figure
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.models.signature import ModelSignature
+from mlflow.types.schema import ColSpec, Schema
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from recommender import RecommenderModel
+from tasks.config import Settings
+from tasks.lake import Lake
+from tasks.training import LOWER_IS_BETTER, METRICS
+
+EXPERIMENT = "movielens-recommender"
+REGISTERED_MODEL = "movielens-recommender"
+CHAMPION, CHALLENGER = "champion", "challenger"
+REPO = Path(__file__).resolve().parents[1]
+SERVING_MODEL = REPO / "tasks" / "serving_model.py"
+LIBRARY = REPO / "recommender"
+SERVING_REQUIREMENTS = ("mlflow", "numpy", "scipy", "scikit-learn", "pandas", "pyarrow", "polars")
+
+
+def configure_mlflow(settings: Settings) -> MlflowClient:
+    """Point MLflow at the configured store (default: SQLite under the project home)."""
+    uri = settings.resolved_mlflow_tracking_uri
+    if settings.mlflow_tracking_uri is None:
+        (settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(client: MlflowClient, settings: Settings) -> str:
+    """The project's experiment, created on first use (local artifacts by default)."""
+    found = client.get_experiment_by_name(EXPERIMENT)
+    if found is not None:
+        return str(found.experiment_id)
+    location = settings.mlflow_artifact_location if settings.mlflow_tracking_uri is None else None
+    try:
+        return str(client.create_experiment(EXPERIMENT, artifact_location=location))
+    except MlflowException:  # created meanwhile by a concurrent run
+        return str(client.get_experiment_by_name(EXPERIMENT).experiment_id)  # type: ignore[union-attr]
+
+
+def git_commit() -> str:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return done.stdout.strip()
+
+
+def start_sweep_run(
+    client: MlflowClient, experiment: str, tags: dict[str, str], grid: dict[str, Any]
+) -> str:
+    """The parent run of one sweep, with the grid as its parameters."""
+    run = client.create_run(experiment, run_name=f"sweep {tags['dataset']}", tags=tags)
+    client.log_batch(run.info.run_id, params=[Param(k, json.dumps(v)) for k, v in grid.items()])
+    return str(run.info.run_id)
+
+
+def log_configurations(
+    client: MlflowClient,
+    experiment: str,
+    parent_run_id: str,
+    records: list[dict[str, Any]],
+    tags: dict[str, str],
+) -> dict[tuple[Any, ...], str]:
+    """One nested run per configuration: params, mean metrics, per-fold metrics as steps."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault((record["kind"], record["n_clusters"], record["n_neighbors"]), []).append(
+            record
+        )
+    run_ids = {}
+    for key, folds in groups.items():
+        name = "-".join(str(part) for part in key if part is not None)
+        run = client.create_run(
+            experiment, run_name=name, tags={**tags, MLFLOW_PARENT_RUN_ID: parent_run_id}
+        )
+        client.log_batch(
+            run.info.run_id,
+            metrics=_fold_metrics(folds),
+            params=[Param(k, str(v)) for k, v in folds[0]["params"].items()],
+        )
+        client.set_terminated(run.info.run_id)
+        run_ids[key] = str(run.info.run_id)
+    return run_ids
+
+
+def _fold_metrics(folds: list[dict[str, Any]]) -> list[Metric]:
+    now = int(time.time() * 1000)
+    metrics = []
+    for name in (*METRICS, "fit_seconds", "predict_seconds"):
+        values = [(r["fold"], float(r[name])) for r in folds if _finite(r[name])]
+        metrics += [Metric(name, value, now, fold) for fold, value in values]
+        if values:
+            metrics.append(Metric(name, sum(v for _, v in values) / len(values), now, 0))
+    return metrics
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and value == value and abs(float(value)) != float("inf")
+
+
+def log_sweep_artifacts(
+    client: MlflowClient, run_id: str, figures: dict[str, Figure], table: pl.DataFrame
+) -> None:
+    for name, figure in figures.items():
+        client.log_figure(run_id, figure, f"plots/{name}.png")
+    client.log_text(run_id, table.write_csv(), "sweep.csv")
+
+
+@dataclass(frozen=True)
+class Champion:
+    """A registered model version and the alias it took."""
+
+    version: str
+    alias: str
+    run_id: str
+    model_uri: str
+    metric: str
+    value: float
+
+
+def log_model_version(
+    client: MlflowClient,
+    experiment: str,
+    parent_run_id: str,
+    model: RecommenderModel[Any],
+    titles: pl.DataFrame,
+    summary: dict[str, Any],
+    tags: dict[str, str],
+) -> tuple[str, str]:
+    """Log the refitted model as an ``mlflow.pyfunc`` model from code; returns (run, uri)."""
+    run = client.create_run(
+        experiment,
+        run_name="champion candidate",
+        tags={**tags, MLFLOW_PARENT_RUN_ID: parent_run_id},
+    )
+    run_id = str(run.info.run_id)
+    client.log_batch(
+        run_id,
+        metrics=[
+            Metric(k, float(v), int(time.time() * 1000), 0) for k, v in summary["metrics"].items()
+        ],
+        params=[Param(k, str(v)) for k, v in summary["params"].items()],
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        model_path, titles_path = Path(folder) / "model.pkl", Path(folder) / "titles.parquet"
+        model_path.write_bytes(pickle.dumps(model))
+        titles.select("item_id", "title").write_parquet(titles_path)
+        with mlflow.start_run(run_id=run_id):  # this thread only; ended on leaving
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(SERVING_MODEL),
+                artifacts={"model": str(model_path), "titles": str(titles_path)},
+                code_paths=[str(LIBRARY)],
+                signature=SIGNATURE,
+                input_example=pl.DataFrame({"user_id": [1], "n": [5]}).to_pandas(),
+                pip_requirements=[f"{p}=={installed_version(p)}" for p in SERVING_REQUIREMENTS],
+            )
+    return run_id, str(info.model_uri)
+
+
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("long", "user_id"), ColSpec("long", "n", required=False)]),
+    outputs=Schema(
+        [
+            ColSpec("long", "user_id"),
+            ColSpec("long", "rank"),
+            ColSpec("long", "item_id"),
+            ColSpec("string", "title"),
+            ColSpec("double", "score"),
+        ]
+    ),
+)
+
+
+def register_and_promote(
+    client: MlflowClient,
+    run_id: str,
+    model_uri: str,
+    metric: str,
+    value: float,
+    tags: dict[str, str],
+) -> Champion:
+    """Register the model; it becomes ``champion`` only if it beats the current champion."""
+    registered = mlflow.register_model(
+        model_uri, REGISTERED_MODEL, tags={**tags, f"cv_{metric}": str(value)}
+    )
+    version = str(registered.version)
+    alias = CHAMPION if beats_champion(client, metric, value) else CHALLENGER
+    client.set_registered_model_alias(REGISTERED_MODEL, alias, version)
+    client.set_model_version_tag(REGISTERED_MODEL, version, "selection_metric", metric)
+    return Champion(version, alias, run_id, f"models:/{REGISTERED_MODEL}/{version}", metric, value)
+
+
+def beats_champion(client: MlflowClient, metric: str, value: float) -> bool:
+    """True when there is no champion, or it has no ``metric`` figure, or ``value`` is better."""
+    try:
+        current = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
+    except MlflowException:
+        return True
+    figure = current.tags.get(f"cv_{metric}")
+    if figure is None:
+        return True
+    return value < float(figure) if metric in LOWER_IS_BETTER else value > float(figure)
+
+
+def current_champion(client: MlflowClient) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def export_to_lake(lake: Lake, champion: Champion, summary: dict[str, Any]) -> str:
+    """Copy the model's files and a JSON of its metrics and parameters to the lake."""
+    prefix = f"models/{REGISTERED_MODEL}/v{champion.version}"
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(mlflow.artifacts.download_artifacts(champion.model_uri, dst_path=folder))
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            with open(path, "rb") as handle:
+                lake.put_stream(f"{prefix}/{path.relative_to(local).as_posix()}", handle)
+    lake.put_json(
+        f"{prefix}/model.json",
+        {
+            "name": REGISTERED_MODEL,
+            "version": champion.version,
+            "alias": champion.alias,
+            "run_id": champion.run_id,
+            "selection_metric": champion.metric,
+            **summary,
+        },
+    )
+    return lake.uri(prefix)

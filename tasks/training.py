@@ -1,0 +1,250 @@
+"""Training tasks: the folds of a dataset version, the sweep, the champion's refit and top-N.
+
+Tasks pass small references (a dataset version, a fold number, a configuration); the ratings
+themselves are read once per process from the curated Parquet of that version.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import polars as pl
+from prefect import task
+from prefect.logging import get_run_logger
+from pydantic import BaseModel, ConfigDict
+
+from recommender import (
+    Fold,
+    Ratings,
+    RecommenderModel,
+    build_model,
+    evaluate_fold,
+    evaluate_neighbor_sweep,
+    make_config,
+)
+from recommender.config import ModelConfig
+from tasks.caching import CONTENT
+from tasks.config import load_settings
+from tasks.features import read_lake_parquet
+from tasks.lake import Lake
+
+METRICS = ("rmse", "mae", "precision_at_10", "recall_at_10", "ndcg_at_10", "map_at_10", "coverage")
+LOWER_IS_BETTER = frozenset({"rmse", "mae"})
+# The kinds whose neighbour count is swept with one similarity computation per fit, and the
+# kinds whose cluster count is swept as well.
+NEIGHBOUR_KINDS = frozenset({"kmeans_knn", "paper"})
+CLUSTER_KINDS = frozenset({"kmeans_knn"})
+
+
+class TrainingSet(BaseModel):
+    """A dataset version ready for training: where it is and what it holds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset: str
+    lake_url: str
+    version: str
+    ratings: int
+    users: int
+    items: int
+    folds: tuple[int, ...]
+
+
+class SweepTask(BaseModel):
+    """One unit of the sweep: a model kind (at a cluster count) on one fold."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str
+    fold: int
+    n_clusters: int | None = None
+    n_neighbors: tuple[int, ...] = ()
+
+
+@task(cache_policy=CONTENT, persist_result=True)
+def prepare_training_set(dataset: str, version: str, lake_url: str) -> TrainingSet:
+    """Check the curated version has ratings and folds; the reference the sweep tasks share."""
+    ratings, _, _ = training_frames(lake_url, dataset, version)
+    folds = tuple(sorted(int(f) for f in ratings["test_fold"].unique()))
+    return TrainingSet(
+        dataset=dataset,
+        lake_url=lake_url,
+        version=version,
+        ratings=ratings.height,
+        users=ratings["user_id"].n_unique(),
+        items=ratings["item_id"].n_unique(),
+        folds=folds,
+    )
+
+
+@lru_cache(maxsize=4)
+def training_frames(
+    lake_url: str, dataset: str, version: str
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(ratings with test_fold, items with genre flag columns, users) of a curated version."""
+    lake = Lake.from_settings(load_settings(), lake_url)
+    prefix = f"curated/{dataset}/{version}"
+    names = ("ratings", "folds", "items", "item_genres", "genres", "users")
+    tables = read_lake_parquet(lake, {name: f"{prefix}/{name}.parquet" for name in names})
+    ratings = tables["ratings"].join(tables["folds"], on=["user_id", "item_id"])
+    flags = (
+        tables["item_genres"]
+        .join(tables["genres"], on="genre_id")
+        .with_columns(pl.lit(1, pl.Int8).alias("flag"))
+        .pivot(on="name", index="item_id", values="flag")
+    )
+    genre_names = tables["genres"].sort("genre_id")["name"].to_list()
+    missing = [pl.lit(0, pl.Int8).alias(n) for n in genre_names if n not in flags.columns]
+    items = (
+        tables["items"]
+        .select("item_id")
+        .join(flags.with_columns(missing), on="item_id", how="left")
+        .select("item_id", *(pl.col(n).fill_null(0).cast(pl.Int8) for n in genre_names))
+    )
+    users = tables["users"].select("user_id", "age", "gender", "occupation")
+    return ratings, items, users
+
+
+def fold_of(training: TrainingSet, fold: int) -> Fold:
+    """Train on every rating outside test fold ``fold``, test on that fold."""
+    ratings, items, _ = training_frames(training.lake_url, training.dataset, training.version)
+    in_test = ratings["test_fold"] == fold
+    return Fold(
+        name=f"u{fold}",
+        train=Ratings.from_frame(ratings.filter(~in_test), items=items),
+        test=Ratings.from_frame(ratings.filter(in_test)),
+    )
+
+
+def sweep_tasks(
+    kinds: list[str], folds: list[int], n_clusters: list[int], n_neighbors: list[int]
+) -> list[SweepTask]:
+    """Every (kind, fold[, cluster count]) unit of the sweep; neighbour counts go together."""
+    units = []
+    for kind in kinds:
+        clusters: list[int | None] = list(n_clusters) if kind in CLUSTER_KINDS else [None]
+        counts = tuple(sorted(n_neighbors)) if kind in NEIGHBOUR_KINDS else ()
+        units += [
+            SweepTask(kind=kind, fold=fold, n_clusters=k, n_neighbors=counts)
+            for fold in folds
+            for k in clusters
+        ]
+    return units
+
+
+def config_for(unit: SweepTask) -> ModelConfig:
+    return make_config(
+        unit.kind, **({} if unit.n_clusters is None else {"n_clusters": unit.n_clusters})
+    )
+
+
+@task(cache_policy=CONTENT, persist_result=True)
+def evaluate_unit(training: TrainingSet, unit: SweepTask) -> list[dict[str, Any]]:
+    """Fit one configuration on one fold and evaluate it at every neighbour count."""
+    _, items, users = training_frames(training.lake_url, training.dataset, training.version)
+    fold = fold_of(training, unit.fold)
+    config = config_for(unit)
+    if unit.n_neighbors:
+        results = evaluate_neighbor_sweep(config, fold, unit.n_neighbors, items=items, users=users)
+    else:
+        results = [evaluate_fold(config, fold, items=items, users=users)]
+    records = []
+    for result in results:
+        params = config.as_params()
+        if result.n_neighbors is not None:
+            params["n_neighbors"] = result.n_neighbors
+        records.append(
+            {
+                "kind": unit.kind,
+                "n_clusters": unit.n_clusters,
+                "n_neighbors": result.n_neighbors,
+                "fold": unit.fold,
+                "params": params,
+                **{name: getattr(result, name) for name in METRICS},
+                "fit_seconds": result.fit_seconds,
+                "predict_seconds": result.predict_seconds,
+            }
+        )
+    get_run_logger().info(
+        "%s k=%s fold %d: best rmse %.4f, ndcg@10 %.4f",
+        unit.kind, unit.n_clusters, unit.fold,
+        min(r["rmse"] for r in records), max(r["ndcg_at_10"] for r in records),
+    )  # fmt: skip
+    return records
+
+
+def sweep_table(records: list[dict[str, Any]]) -> pl.DataFrame:
+    """One row per configuration: mean metrics and seconds over its folds."""
+    frame = pl.DataFrame(
+        [{k: v for k, v in r.items() if k != "params"} for r in records],
+        infer_schema_length=None,
+    ).with_columns(pl.col(name).fill_nan(None) for name in METRICS)
+    return (
+        frame.group_by("kind", "n_clusters", "n_neighbors", maintain_order=True)
+        .agg(
+            pl.len().alias("folds"),
+            *(pl.col(name).mean() for name in (*METRICS, "fit_seconds", "predict_seconds")),
+        )
+        .sort("kind", "n_clusters", "n_neighbors", nulls_last=True)
+    )
+
+
+def best_configuration(records: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The configuration (params) with the best mean ``metric`` over its folds."""
+    table = sweep_table(records).filter(pl.col(metric).is_not_null())
+    if table.is_empty():
+        raise ValueError(f"no model of the sweep has a {metric}")
+    best = table.sort(metric, descending=metric not in LOWER_IS_BETTER).row(0, named=True)
+    params = next(
+        r["params"]
+        for r in records
+        if (r["kind"], r["n_clusters"], r["n_neighbors"])
+        == (best["kind"], best["n_clusters"], best["n_neighbors"])
+    )
+    return {"params": params, "metrics": {m: best[m] for m in METRICS if best[m] is not None}}
+
+
+def fit_on_all(training: TrainingSet, config: ModelConfig) -> RecommenderModel[Any]:
+    """The configuration refitted on every rating of the dataset version."""
+    ratings, items, users = training_frames(training.lake_url, training.dataset, training.version)
+    return build_model(config).fit(
+        Ratings.from_frame(ratings, items=items), items=items, users=users
+    )
+
+
+def top_n_for_every_user(model: RecommenderModel[Any], n: int) -> pl.DataFrame:
+    """(user_id, rank, item_id, score) for every user the model knows, best first."""
+    users = model.ratings_.user_ids  # type: ignore[attr-defined]
+    top, scores = model.recommend_positions(np.arange(len(users)), n)  # type: ignore[attr-defined]
+    found = top >= 0  # rows are padded with -1 when a user has fewer than n candidates
+    return pl.DataFrame(
+        {
+            "user_id": np.repeat(users, top.shape[1])[found.ravel()].astype(np.int32),
+            "rank": np.tile(np.arange(1, top.shape[1] + 1), len(users))[found.ravel()].astype(
+                np.int16
+            ),
+            "item_id": model.ratings_.item_ids[top[found]].astype(np.int32),  # type: ignore[attr-defined]
+            "score": scores[found].astype(np.float64),
+        }
+    )
+
+
+def cluster_diagnostics(
+    training: TrainingSet, n_clusters: list[int]
+) -> tuple[list[float], list[float | None], dict[int, list[int]]]:
+    """Inertia, silhouette and cluster sizes of K-Means of users, per cluster count."""
+    from recommender import RatingClusters
+
+    ratings, items, _ = training_frames(training.lake_url, training.dataset, training.version)
+    data = Ratings.from_frame(ratings, items=items)
+    inertia: list[float] = []
+    silhouettes: list[float | None] = []
+    sizes: dict[int, list[int]] = {}
+    for k in sorted(n_clusters):
+        clusters = RatingClusters(k, of="users").fit(data)
+        inertia.append(clusters.inertia_)
+        silhouettes.append(clusters.silhouette() if k > 1 else None)
+        sizes[k] = np.bincount(clusters.labels_, minlength=k).tolist()
+    return inertia, silhouettes, sizes
