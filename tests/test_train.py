@@ -1,0 +1,268 @@
+"""The train flow end to end: sweep -> MLflow runs -> registry -> PostgreSQL -> served model."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import psycopg
+import pytest
+from mlflow import MlflowClient
+from psycopg.conninfo import make_conninfo
+
+from bench.synth import SyntheticSize, write_ml100k
+from flows.ingest import ingest
+from flows.train import train
+from flows.transform import transform
+from tasks.config import load_settings
+from tasks.lake import Lake
+from tasks.sweep import ChampionRecord
+from tasks.tracking import REGISTERED_MODEL, configure_mlflow, register_and_promote
+from tasks.warehouse import read_table
+from tests.conftest import task_run_states
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+SMALL = SyntheticSize(ratings=3000, users=60, items=120)
+GRID: dict[str, Any] = {
+    "kinds": ["kmeans_knn", "bias", "popularity"],
+    "n_clusters": [1, 2],
+    "n_neighbors": [5, 10],
+    "folds": [1, 2],
+}
+
+
+@dataclass
+class Trained:
+    home: Path
+    database_url: str
+    first: Any  # the flow's final state
+    champion: ChampionRecord
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, postgres_server: str) -> Iterator[Trained]:
+    """A project home with a synthetic dataset transformed, then trained once."""
+    root = tmp_path_factory.mktemp("train")
+    folder = write_ml100k(root / "ml-100k", SMALL, seed=31)
+    name = f"train_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_conninfo(postgres_server, dbname=name)
+    with pytest.MonkeyPatch.context() as env:
+        for variable in [v for v in os.environ if v.startswith(("RECSYS_", "MLFLOW_"))]:
+            env.delenv(variable)
+        env.setenv("RECSYS_HOME", str(root / "home"))
+        env.setenv("RECSYS_DATABASE_URL", url)
+        env.chdir(root)
+        transform(raw=ingest(source=str(folder)))
+        first = train(**GRID, return_state=True)
+        yield Trained(root / "home", url, first, first.result())
+
+
+def client() -> MlflowClient:
+    return configure_mlflow(load_settings())
+
+
+def sweep_runs() -> list[Any]:
+    experiment = client().get_experiment_by_name("movielens-recommender")
+    assert experiment is not None
+    return client().search_runs([experiment.experiment_id], max_results=1000)
+
+
+def test_every_configuration_is_a_nested_run_with_fold_steps(trained: Trained) -> None:
+    runs = sweep_runs()
+    parents = [r for r in runs if r.info.run_name.startswith("sweep")]
+    nested = [
+        r for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
+        and r.info.run_name != "champion candidate"
+    ]  # fmt: skip
+
+    assert len(parents) == 1
+    # kmeans_knn: 2 cluster counts x 2 neighbour counts; bias and popularity: one each
+    assert sorted(r.info.run_name for r in nested) == [
+        "bias", "kmeans_knn-1-10", "kmeans_knn-1-5", "kmeans_knn-2-10", "kmeans_knn-2-5",
+        "popularity",
+    ]  # fmt: skip
+    knn = next(r for r in nested if r.info.run_name == "kmeans_knn-1-10")
+    history = client().get_metric_history(knn.info.run_id, "rmse")
+    per_fold = {m.step: m.value for m in history if m.step > 0}
+    assert sorted(per_fold) == [1, 2]
+    mean = next(m.value for m in history if m.step == 0)
+    assert mean == pytest.approx(sum(per_fold.values()) / 2)
+    assert knn.data.params["n_neighbors"] == "10" and knn.data.params["n_clusters"] == "1"
+    assert knn.data.tags["dataset_version"] and knn.data.tags["git_commit"]
+    for key in ("mae", "precision_at_10", "recall_at_10", "ndcg_at_10", "map_at_10", "coverage",
+                "fit_seconds", "predict_seconds"):  # fmt: skip
+        assert key in knn.data.metrics
+
+
+def test_sweep_artifacts_are_on_the_parent_run(trained: Trained) -> None:
+    parent = next(r for r in sweep_runs() if r.info.run_name.startswith("sweep"))
+
+    names = {a.path for a in client().list_artifacts(parent.info.run_id, "plots")}
+
+    assert names == {
+        "plots/heatmap_rmse.png", "plots/heatmap_ndcg_at_10.png", "plots/elbow.png",
+        "plots/cluster_sizes.png", "plots/model_comparison.png",
+    }  # fmt: skip
+    table = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/sweep.csv")
+    assert table.splitlines()[0].startswith("kind,n_clusters,n_neighbors,folds,rmse")
+    assert len(table.splitlines()) == 1 + 6
+
+
+def test_first_model_becomes_champion(trained: Trained) -> None:
+    version = client().get_model_version_by_alias(REGISTERED_MODEL, "champion")
+
+    assert (trained.champion.version, trained.champion.alias) == ("1", "champion")
+    assert str(version.version) == "1"
+    assert float(version.tags["cv_rmse"]) == pytest.approx(trained.champion.value)
+
+
+def test_recommendations_for_every_user(trained: Trained) -> None:
+    rows = read_table(
+        trained.database_url,
+        "SELECT user_id, count(*) AS n, min(rank) AS first, max(rank) AS last"
+        " FROM serving.recommendations WHERE model_version = '1' GROUP BY user_id",
+    )
+
+    unrated = read_table(
+        trained.database_url,
+        "SELECT user_id, (SELECT count(DISTINCT item_id) FROM movielens.ratings) - count(*)"
+        " AS unrated FROM movielens.ratings GROUP BY user_id",
+    )
+    expected = {u: min(10, n) for u, n in unrated.iter_rows()}
+    assert rows.height == SMALL.users
+    assert {u: n for u, n in rows.select("user_id", "n").iter_rows()} == expected
+    assert set(rows["first"]) == {1}
+    assert rows["last"].to_list() == rows["n"].to_list()
+    rated = read_table(
+        trained.database_url,
+        "SELECT count(*) AS n FROM serving.recommendations s JOIN movielens.ratings r"
+        " USING (user_id, item_id)",
+    )
+    assert rated["n"][0] == 0  # never an item the user has rated
+
+
+def test_model_files_and_metrics_are_in_the_lake(trained: Trained) -> None:
+    lake = Lake.from_settings(load_settings())
+    prefix = f"models/{REGISTERED_MODEL}/v1"
+
+    summary = lake.get_json(f"{prefix}/model.json")
+
+    assert f"{prefix}/MLmodel" in lake.list(prefix)
+    run_params = client().get_run(trained.champion.run_id).data.params
+    assert summary["version"] == "1"
+    assert {k: str(v) for k, v in summary["params"].items()} == run_params
+    assert summary["metrics"]["rmse"] == pytest.approx(trained.champion.value)
+
+
+def test_summary_artifact_in_prefect(trained: Trained) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as prefect:
+        artifacts = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["train-summary"]))
+        )
+
+    assert artifacts and "## Champion: `movielens-recommender` version 1" in str(artifacts[0].data)
+
+
+def test_rerun_is_all_cached(trained: Trained) -> None:
+    rerun = train(**GRID, return_state=True)
+
+    states = task_run_states(rerun)
+    assert {name for name, runs in states.items() if set(runs) != {"Cached"}} == set()
+    assert len(states["evaluate_unit"]) == 4 + 2 + 2
+
+
+def test_widening_the_grid_runs_only_new_tasks(trained: Trained) -> None:
+    wider = train(**{**GRID, "n_clusters": [1, 2, 4]}, return_state=True)
+
+    units = task_run_states(wider)["evaluate_unit"]
+    assert sorted(units) == ["Cached"] * 8 + ["Completed"] * 2
+    # the same best configuration refitted is no improvement: the alias stays
+    assert wider.result().alias == "challenger"
+    assert wider.result().champion_version == "1"
+
+
+def test_alias_moves_only_on_improvement(trained: Trained) -> None:
+    mlflow_client = client()
+    run_id = trained.champion.run_id
+    model_uri = f"models:/{REGISTERED_MODEL}/1"
+
+    worse = register_and_promote(
+        mlflow_client, run_id, model_uri, "rmse", trained.champion.value + 0.01, {}
+    )
+    better = register_and_promote(
+        mlflow_client, run_id, model_uri, "rmse", trained.champion.value - 0.01, {}
+    )
+
+    assert worse.alias == "challenger"
+    assert better.alias == "champion"
+    champion = mlflow_client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
+    assert str(champion.version) == better.version
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers(trained: Trained) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": load_settings().resolved_mlflow_tracking_uri,
+        # the server starts uvicorn by name: the interpreter's scripts must be on PATH
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m",
+         f"models:/{REGISTERED_MODEL}@champion", "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, "mlflow models serve exited"
+                assert time.monotonic() < deadline, "mlflow models serve did not start"
+                time.sleep(0.5)
+        body = json.dumps({"dataframe_split": {"columns": ["user_id", "n"], "data": [[1, 3]]}})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body.encode(),
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    predictions = answer["predictions"]
+    assert [p["rank"] for p in predictions] == [1, 2, 3]
+    assert {p["user_id"] for p in predictions} == {1}
+    assert all(p["title"] for p in predictions)
+    rated = read_table(
+        trained.database_url, "SELECT item_id FROM movielens.ratings WHERE user_id = 1"
+    )
+    assert not {p["item_id"] for p in predictions} & set(rated["item_id"])
