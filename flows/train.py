@@ -8,7 +8,7 @@ from typing import Literal
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.config import load_settings, prefect_environment
+from tasks.config import load_settings, prefect_environment, sweep_task_runner
 from tasks.sweep import (
     ChampionRecord,
     promote_champion,
@@ -30,7 +30,7 @@ DEFAULT_KINDS: list[ModelKind] = [
 ]
 
 
-@flow(name="train", log_prints=True)
+@flow(name="train", log_prints=True, task_runner=sweep_task_runner(load_settings()))
 def train(
     n_clusters: list[int] | None = None,
     n_neighbors: list[int] | None = None,
@@ -52,7 +52,9 @@ def train(
     grid = {"kinds": model_kinds, "n_clusters": cluster_counts, "n_neighbors": neighbour_counts}
     version = dataset_version or warehouse_version(settings.dataset)
     training = prepare_training_set(settings.dataset, version, settings.resolved_lake_url)
-    units = sweep_tasks(model_kinds, folds or list(training.folds), cluster_counts, neighbour_counts)
+    units = sweep_tasks(
+        model_kinds, folds or list(training.folds), cluster_counts, neighbour_counts
+    )
     futures = [evaluate_unit.submit(training, unit) for unit in units]
     records = [record for future in futures for record in future.result()]
     sweep = record_sweep(training, records, grid, selection_metric)

@@ -85,7 +85,13 @@ class Settings(BaseSettings):
         description="a Prefect server; unset uses Prefect's ephemeral API",
     )
     max_rejects: int = Field(default=0, ge=0, description="rejected rows tolerated per load")
-    task_runner: Literal["thread", "dask"] = "thread"
+    task_runner: Literal["thread", "dask"] = Field(
+        default="thread", description="how the training sweep runs its tasks"
+    )
+    dask_address: str | None = Field(
+        default=None, description="a Dask scheduler (tcp://host:8786); unset: a local cluster"
+    )
+    sweep_workers: int = Field(default=2, ge=1, description="concurrent sweep tasks (local)")
 
     @field_validator("home", mode="after")
     @classmethod
@@ -142,6 +148,22 @@ class Settings(BaseSettings):
         if self.prefect_api_url:
             overrides["PREFECT_API_URL"] = self.prefect_api_url
         return overrides
+
+
+def sweep_task_runner(settings: Settings) -> Any:
+    """The sweep's task runner: Prefect's thread pool, or Dask (a cluster address or local)."""
+    if settings.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if settings.dask_address:
+            return DaskTaskRunner(address=settings.dask_address)
+        return DaskTaskRunner(
+            cluster_kwargs={"n_workers": settings.sweep_workers, "threads_per_worker": 1,
+                            "processes": False, "dashboard_address": None}
+        )  # fmt: skip
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=settings.sweep_workers)
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import polars as pl
 import psycopg
 import pytest
 from mlflow import MlflowClient
+from polars.testing import assert_frame_equal
 from psycopg.conninfo import make_conninfo
 
 from bench.synth import SyntheticSize, write_ml100k
@@ -266,3 +268,28 @@ def test_mlflow_models_serve_answers(trained: Trained) -> None:
         trained.database_url, "SELECT item_id FROM movielens.ratings WHERE user_id = 1"
     )
     assert not {p["item_id"] for p in predictions} & set(rated["item_id"])
+
+
+def sweep_table_of(run: Any) -> pl.DataFrame:
+    text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/sweep.csv")
+    return pl.read_csv(text.encode()).drop("fit_seconds", "predict_seconds")
+
+
+def test_dask_runner_gives_the_same_metrics_as_threads(trained: Trained) -> None:
+    from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
+    from prefect_dask import DaskTaskRunner
+
+    dask = DaskTaskRunner(
+        cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": False,
+                        "dashboard_address": None}
+    )  # fmt: skip
+    with temporary_settings(updates={PREFECT_TASKS_REFRESH_CACHE: True}):
+        on_dask = train.with_options(task_runner=dask)(**GRID, return_state=True)
+
+    sweeps = sorted(
+        (r for r in sweep_runs() if r.info.run_name.startswith("sweep")),
+        key=lambda r: r.info.start_time,
+    )
+    assert set(task_run_states(on_dask)["evaluate_unit"]) == {"Completed"}
+    # equal up to floating-point summation order
+    assert_frame_equal(sweep_table_of(sweeps[-1]), sweep_table_of(sweeps[0]), rel_tol=1e-9)
