@@ -60,6 +60,8 @@ class KMeansKNNConfig(ModelConfig):
     )
     cluster_biases: bool = Field(default=False, description="add damped cluster x item biases")
     cluster_bias_damping: float = Field(default=25.0, ge=0)
+    # 50 factors at regularisation 0.15 won on validation splits of the training folds (never
+    # the test folds); 100 tied within 0.0002 RMSE at many times the fit time.
     n_factors: int = Field(
         default=50, ge=0, description="latent factors on the residuals; 0 = none"
     )

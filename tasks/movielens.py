@@ -487,7 +487,8 @@ def _casts_ok(name: str, dtype: pl.DataType) -> pl.Expr:
 
 
 def _first_occurrence(*keys: str) -> pl.Expr:
-    return pl.col("line") == pl.col("line").min().over(keys)
+    """True on the first line (rows are in line order) holding each value of ``keys``."""
+    return pl.struct(keys).is_first_distinct()
 
 
 def parse_users(data: bytes, occupations: set[str] | None) -> Parsed:

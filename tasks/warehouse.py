@@ -40,6 +40,7 @@ MIGRATIONS = Path(__file__).resolve().parents[1] / "deployments" / "sql"
 LOAD_LOCK = 0x5EC5_10AD  # pg_advisory_xact_lock key for loads
 MIGRATION_LOCK = 0x5EC5_5C11
 COPY_CHUNK_ROWS = 1_000_000
+LOAD_MEMORY = "1GB"
 PG_EPOCH_US = 946_684_800 * 1_000_000  # 2000-01-01 in unix microseconds
 PG_EPOCH_DAYS = 10_957
 
@@ -143,6 +144,10 @@ def load_dataset(
         if row and row[0] == version:
             step(f"{dataset} {version} is already loaded: nothing to do")
             return result
+        # attaching builds each partition's indexes and checks its foreign keys in bulk:
+        # in-memory sorts and hashes instead of spilling to disk at tens of millions of rows
+        conn.execute(f"SET LOCAL maintenance_work_mem = '{LOAD_MEMORY}'")
+        conn.execute(f"SET LOCAL work_mem = '{LOAD_MEMORY}'")
         for table in TABLES:
             began = time.perf_counter()
             result.row_counts[table] = copy_into_new_partition(
