@@ -5,24 +5,28 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.ingest import ingest
+from flows.train import train
 from flows.transform import transform
 from tasks.config import prefect_environment
-from tasks.warehouse import LoadResult
+from tasks.sweep import ChampionRecord
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline(source: str | None = None) -> LoadResult:
-    """Ingest the MovieLens archive, then curate, featurise and load it into PostgreSQL.
+def pipeline(source: str | None = None) -> ChampionRecord:
+    """Ingest the MovieLens archive, load it into PostgreSQL, sweep the models, promote a champion.
 
-    Training and reporting join this flow as they land.
+    The report stage joins this flow when it lands.
     """
     raw = ingest(source=source)
-    return transform(raw=raw)
+    loaded = transform(raw=raw)
+    return train(dataset_version=loaded.version)
 
 
 if __name__ == "__main__":
     with prefect_environment() as settings:
-        loaded = pipeline()
-    print(f"\nWarehouse: {loaded.dataset} version {loaded.version}")
+        champion = pipeline()
+    print(f"\nChampion: movielens-recommender version {champion.champion_version}"
+          f" (this run registered v{champion.version} as {champion.alias})")  # fmt: skip
     print(f"Lake: {settings.resolved_lake_url}")
+    print(f"MLflow UI: mlflow ui --backend-store-uri {settings.resolved_mlflow_tracking_uri}")
     print(f"Prefect UI: PREFECT_HOME={settings.resolved_prefect_home} prefect server start")
