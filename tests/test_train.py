@@ -293,3 +293,27 @@ def test_dask_runner_gives_the_same_metrics_as_threads(trained: Trained) -> None
     assert set(task_run_states(on_dask)["evaluate_unit"]) == {"Completed"}
     # equal up to floating-point summation order
     assert_frame_equal(sweep_table_of(sweeps[-1]), sweep_table_of(sweeps[0]), rel_tol=1e-9)
+
+
+@pytest.mark.realdata
+def test_real_ml100k_small_grid(
+    database_url: str, ml100k_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transform(raw=ingest(source=str(ml100k_dir)))
+
+    champion = train(
+        kinds=["kmeans_knn", "paper", "bias"], n_clusters=[1], n_neighbors=[40], folds=[1]
+    )
+
+    summary = Lake.from_settings(load_settings()).get_json(
+        f"models/{REGISTERED_MODEL}/v{champion.version}/model.json"
+    )
+    assert summary["params"]["kind"] == "kmeans_knn"
+    assert champion.value < 0.93  # fold u1, the hardest of the five
+    runs = {r.info.run_name: r for r in sweep_runs()}
+    assert runs["paper-40"].data.metrics["rmse"] > 1.0  # the paper's configuration: 1.03..1.06
+    assert runs["bias"].data.metrics["rmse"] == pytest.approx(0.9533, abs=0.01)
+    rows = read_table(
+        database_url, "SELECT count(DISTINCT user_id) AS n FROM serving.recommendations"
+    )
+    assert rows["n"][0] == 943
