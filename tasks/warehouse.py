@@ -144,10 +144,14 @@ def load_dataset(
         if row and row[0] == version:
             step(f"{dataset} {version} is already loaded: nothing to do")
             return result
-        # attaching builds each partition's indexes and checks its foreign keys in bulk:
-        # in-memory sorts and hashes instead of spilling to disk at tens of millions of rows
+        # Attaching builds each partition's indexes and checks its foreign keys in bulk, with
+        # one anti-join per key against the (small) parent table. On fresh tables the planner
+        # picks a merge join that sorts every rating (12.8 s at 10M) where a hash anti-join
+        # takes 1.4 s, so this transaction plans with hashes and sorts in memory.
         conn.execute(f"SET LOCAL maintenance_work_mem = '{LOAD_MEMORY}'")
         conn.execute(f"SET LOCAL work_mem = '{LOAD_MEMORY}'")
+        conn.execute("SET LOCAL enable_mergejoin = off")
+        conn.execute("SET LOCAL enable_nestloop = off")
         for table in TABLES:
             began = time.perf_counter()
             result.row_counts[table] = copy_into_new_partition(
@@ -375,8 +379,10 @@ def warehouse_tables(
         "movielens.users": curated["users"],
         "movielens.items": curated["items"],
         "movielens.item_genres": curated["item_genres"],
+        # in primary-key order: PostgreSQL's index build then finds its input presorted
         "movielens.ratings": curated["ratings"]
         .join(curated["folds"], on=["user_id", "item_id"], how="left")
+        .sort("user_id", "item_id")
         .select(
             "user_id",
             "item_id",
