@@ -70,8 +70,8 @@ CREATE TABLE movielens.ratings (
     FOREIGN KEY (dataset, user_id) REFERENCES movielens.users (dataset, user_id),
     FOREIGN KEY (dataset, item_id) REFERENCES movielens.items (dataset, item_id)
 ) PARTITION BY LIST (dataset);
-CREATE INDEX ratings_item ON movielens.ratings (dataset, item_id);
-CREATE INDEX ratings_fold ON movielens.ratings (dataset, test_fold);
+-- No secondary indexes: the flows read a dataset's ratings whole (one partition), and each
+-- index would be rebuilt by every load.
 
 CREATE VIEW movielens.folds AS
     SELECT dataset, user_id, item_id, test_fold FROM movielens.ratings;
