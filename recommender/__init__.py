@@ -5,6 +5,7 @@ from __future__ import annotations
 from recommender.base import ModelNotFittedError, RecommenderModel
 from recommender.baselines import BiasBaseline, BiasConfig, GlobalMean, GlobalMeanConfig
 from recommender.bias import Biases, fit_biases
+from recommender.cache import clear_component_cache, component_cache_info
 from recommender.clustering import (
     RatingClusters,
     cluster_labels,
@@ -56,7 +57,8 @@ __all__ = [
     "GlobalMeanConfig", "ImplicitKNN", "ImplicitKNNConfig", "ItemGenres", "KMeansKNN",
     "KMeansKNNConfig", "ModelConfig", "ModelNotFittedError", "PaperConfig", "PaperKNN",
     "Popularity", "PopularityConfig", "RandomForestRatings", "RatingClusters", "Ratings",
-    "RecommenderModel", "build_model", "cluster_labels", "config_from_params", "coverage",
+    "RecommenderModel", "build_model", "clear_component_cache", "cluster_labels",
+    "component_cache_info", "config_from_params", "coverage",
     "cross_validate", "elbow_inertias", "elbow_point", "evaluate_fitted", "evaluate_fold",
     "evaluate_neighbor_sweep", "fit_biases", "hit_matrix", "load_items", "load_official_folds",
     "load_ratings", "load_users", "mae", "make_config", "map_at_k", "ndcg_at_k",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -179,6 +180,20 @@ class Ratings:
                 shape=(self.n_users, self.n_items),
             )
         return self._cache["matrix"]
+
+    @property
+    def fingerprint(self) -> str:
+        """Content hash of the ratings (positions, values and id maps; not the timestamps or
+        genres), cached: equal data loaded twice gives equal fingerprints. It keys the shared
+        component cache, so treat a Ratings as immutable."""
+        if "fingerprint" not in self._cache:
+            digest = hashlib.blake2b(digest_size=16)
+            for array in (self.user_index, self.item_index, self.values, self.user_ids,
+                          self.item_ids):  # fmt: skip
+                digest.update(f"{array.dtype.str}{array.shape};".encode())
+                digest.update(np.ascontiguousarray(array).tobytes())
+            self._cache["fingerprint"] = digest.hexdigest()
+        return str(self._cache["fingerprint"])
 
     def user_positions(self, user_ids: Any) -> np.ndarray:
         """Row positions of raw user ids; -1 for users not in these ratings."""

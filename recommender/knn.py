@@ -13,6 +13,7 @@ from pydantic import Field
 
 from recommender.base import RecommenderModel
 from recommender.bias import fit_biases
+from recommender.cache import config_key, shared_component
 from recommender.clustering import cluster_labels
 from recommender.config import ModelConfig
 from recommender.data import Ratings
@@ -91,6 +92,52 @@ class _Side:
     labels: np.ndarray
 
 
+_RESIDUAL_FIELDS = (
+    "based", "similarity", "shrinkage", "min_support", "user_damping", "item_damping",
+    "n_factors", "factor_regularization", "factor_iterations", "seed",
+)  # fmt: skip
+"""The config fields :class:`_ResidualModels` depends on (given residuals without cluster
+biases): not ``n_clusters``, ``cluster_*`` or ``n_neighbors``, so a sweep over those shares it."""
+
+
+@dataclass(frozen=True)
+class _ResidualModels:
+    """What is fitted on a dense residual matrix: the similarities (before any cluster
+    weighting), the rated lists and the latent factors of each side that is used."""
+
+    item_similarity: np.ndarray | None
+    user_similarity: np.ndarray | None
+    item_lists: RatedLists | None
+    user_lists: RatedLists | None
+    factors: tuple[np.ndarray, np.ndarray] | None
+
+    @classmethod
+    def fit(
+        cls, train: Ratings, config: KMeansKNNConfig, dense: np.ndarray, rated: np.ndarray
+    ) -> _ResidualModels:
+        users, items = train.user_index, train.item_index
+        residuals = dense[users, items]
+        item_similarity = user_similarity = item_lists = user_lists = None
+        if config.based in ("item", "both"):
+            item_lists = rated_lists(users, items, residuals, train.n_users, train.n_items)
+            item_similarity = _similarity(dense.T, rated.T, config)
+        if config.based in ("user", "both"):
+            user_lists = rated_lists(items, users, residuals, train.n_items, train.n_users)
+            user_similarity = _similarity(dense, rated, config)
+        factors = None
+        if config.n_factors > 0:
+            shape = (train.n_users, train.n_items)
+            factors = fit_factors(
+                users, items, residuals.astype(np.float64), shape, config.n_factors,
+                config.factor_regularization, config.factor_iterations, config.seed,
+            )  # fmt: skip
+        return cls(item_similarity, user_similarity, item_lists, user_lists, factors)
+
+
+def _similarity(rows: np.ndarray, rated: np.ndarray, config: KMeansKNNConfig) -> np.ndarray:
+    return shrunk_similarity(rows, rated, config.similarity, config.shrinkage, config.min_support)
+
+
 class _Parts:
     """Everything fitted on one set of ratings: baseline, cluster biases, KNN sides, factors."""
 
@@ -104,28 +151,16 @@ class _Parts:
         self.item_support = np.log1p(np.bincount(items, minlength=train.n_items) * scale) / 7
         residuals = self.biases.residuals(train).astype(np.float32)
         dense = np.zeros((train.n_users, train.n_items), dtype=np.float32)
-        dense[train.user_index, train.item_index] = residuals
+        dense[users, items] = residuals
         rated = np.zeros_like(dense)
-        rated[train.user_index, train.item_index] = 1.0
+        rated[users, items] = 1.0
         self.user_labels = self._labels(dense, "user")
         self.item_labels = self._labels(dense.T, "item")
         self.cluster_bias = self._cluster_bias(dense, rated)
-        dense -= self.cluster_bias * rated
-        residuals = dense[users, items]
-        self.item_side = self.user_side = None
-        if config.based in ("item", "both"):
-            lists = rated_lists(users, items, residuals, train.n_users, train.n_items)
-            self.item_side = self._side(dense.T, rated.T, lists, self.item_labels)
-        if config.based in ("user", "both"):
-            lists = rated_lists(items, users, residuals, train.n_items, train.n_users)
-            self.user_side = self._side(dense, rated, lists, self.user_labels)
-        self.factors = None
-        if config.n_factors > 0:
-            shape = (train.n_users, train.n_items)
-            self.factors = fit_factors(
-                users, items, residuals.astype(np.float64), shape, config.n_factors,
-                config.factor_regularization, config.factor_iterations, config.seed,
-            )  # fmt: skip
+        models = self._residual_models(train, dense, rated)
+        self.item_side = self._side(models.item_similarity, models.item_lists, self.item_labels)
+        self.user_side = self._side(models.user_similarity, models.user_lists, self.user_labels)
+        self.factors = models.factors
 
     def _labels(self, rows: np.ndarray, side: str) -> np.ndarray | None:
         wanted = self.config.based in (side, "both")
@@ -150,18 +185,34 @@ class _Parts:
             bias += per_cluster[:, self.item_labels]
         return bias
 
-    def _side(
-        self, rows: np.ndarray, rated: np.ndarray, lists: RatedLists, labels: np.ndarray | None
-    ) -> _Side:
+    def _residual_models(
+        self, train: Ratings, dense: np.ndarray, rated: np.ndarray
+    ) -> _ResidualModels:
+        """Similarities, lists and factors of the residuals net of the cluster biases. With no
+        cluster biases they do not depend on the clusters: shared between fits (cache)."""
         config = self.config
-        similarity = shrunk_similarity(
-            rows, rated, config.similarity, config.shrinkage, config.min_support
-        )
+        if config.cluster_biases and (self.user_labels is not None or self.item_labels is not None):
+            dense -= self.cluster_bias * rated
+            return _ResidualModels.fit(train, config, dense, rated)
+        key = (
+            "kmeans_knn.residual_models", train.fingerprint,
+            config_key(config, only=_RESIDUAL_FIELDS),
+        )  # fmt: skip
+        return shared_component(key, lambda: _ResidualModels.fit(train, config, dense, rated))
+
+    def _side(
+        self, similarity: np.ndarray | None, lists: RatedLists | None, labels: np.ndarray | None
+    ) -> _Side | None:
+        """A neighbourhood with out-of-cluster similarities scaled by ``cluster_weight`` (a new
+        array: the shared raw similarity is never modified)."""
+        if similarity is None or lists is None:
+            return None
         if labels is None:
-            labels = np.zeros(len(rows), dtype=np.int64)
+            labels = np.zeros(len(similarity), dtype=np.int64)
         else:
             same = labels[:, None] == labels[None, :]
-            similarity *= np.where(same, 1.0, config.cluster_weight).astype(np.float32)
+            weight = np.where(same, 1.0, self.config.cluster_weight).astype(np.float32)
+            similarity = similarity * weight
         return _Side(similarity, lists, labels)
 
     def base(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -214,6 +265,9 @@ class KMeansKNN(RecommenderModel[KMeansKNNConfig]):
 
     ``predict``: baseline + a blend of residual KNN predictions (weights fit on a validation
     split of the training data); ``recommend``: the implicit-feedback scorer ``ranker_``.
+    The parts that do not depend on the clusters or ``n_neighbors`` (raw similarities, rated
+    lists, latent factors, the ranker) are shared, read-only, between fits on equal data
+    (:mod:`recommender.cache`), so a cluster sweep fits them once.
     """
 
     config_class = KMeansKNNConfig

@@ -3,12 +3,14 @@ weights learned by ridge regression (EASE), optionally restricted to K-Means use
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
 from recommender.base import RecommenderModel
+from recommender.cache import config_key, shared_component
 from recommender.clustering import cluster_labels
 from recommender.config import ModelConfig
 from recommender.data import Ratings
@@ -37,28 +39,52 @@ class ImplicitKNNConfig(ModelConfig):
     seed: int = 0
 
 
+_SCORING = ("n_neighbors",)
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """What a fit learns from the ratings alone (shared by fits on equal data and config)."""
+
+    rated: np.ndarray
+    cluster_labels: np.ndarray
+    similarity: np.ndarray
+    item_weights: np.ndarray | None
+
+
 class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
-    """Ranks unrated items; ``predict`` gives the bias baseline (it does not model ratings)."""
+    """Ranks unrated items; ``predict`` gives the bias baseline (it does not model ratings).
+
+    The fitted arrays are shared (read-only) with other fits on equal ratings and config.
+    """
 
     config_class = ImplicitKNNConfig
     predicts_ratings = False
 
     def _fit(self, train: Ratings, *, users: Any | None) -> None:
+        # n_neighbors is only used when scoring, so fits differing in it share the arrays.
+        key = ("implicit_knn.fit", train.fingerprint, config_key(self.config, exclude=_SCORING))
+        fitted = shared_component(key, lambda: self._fit_arrays(train))
+        self.rated_ = fitted.rated
+        self.cluster_labels_ = fitted.cluster_labels
+        self.similarity_ = fitted.similarity
+        self.item_weights_ = fitted.item_weights
+
+    def _fit_arrays(self, train: Ratings) -> _Fitted:
         config = self.config
         rated = np.zeros((train.n_users, train.n_items), dtype=np.float32)
         rated[train.user_index, train.item_index] = 1.0
-        self.rated_ = rated
-        self.cluster_labels_ = cluster_labels(rated, config.n_clusters, config.seed)
-        self.similarity_ = self._user_similarity(rated)
-        self.item_weights_ = self._item_weights(rated) if config.item_weight > 0 else None
+        labels = cluster_labels(rated, config.n_clusters, config.seed)
+        item_weights = self._item_weights(rated) if config.item_weight > 0 else None
+        return _Fitted(rated, labels, self._user_similarity(rated, labels), item_weights)
 
-    def _user_similarity(self, rated: np.ndarray) -> np.ndarray:
+    def _user_similarity(self, rated: np.ndarray, labels: np.ndarray) -> np.ndarray:
         length = np.sqrt(rated.sum(axis=1))
         norms = np.maximum(np.outer(length, length), 1e-9)
         # Sharpening (similarity ** p) lets the closest neighbours dominate the vote.
         similarity = (rated @ rated.T / norms) ** self.config.sharpen
         if self.config.n_clusters > 1:
-            same = self.cluster_labels_[:, None] == self.cluster_labels_[None, :]
+            same = labels[:, None] == labels[None, :]
             similarity *= np.where(same, 1.0, self.config.cluster_weight).astype(np.float32)
         np.fill_diagonal(similarity, 0.0)
         return similarity.astype(np.float32)
