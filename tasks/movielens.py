@@ -482,10 +482,6 @@ def _typed(name: str, dtype: pl.DataType) -> pl.Expr:
     return pl.col(name).str.strip_chars().cast(dtype, strict=False)
 
 
-def _casts_ok(name: str, dtype: pl.DataType) -> pl.Expr:
-    return _typed(name, dtype).is_not_null()
-
-
 def _first_occurrence(*keys: str) -> pl.Expr:
     """True on the first line (rows are in line order) holding each value of ``keys``."""
     return pl.struct(keys).is_first_distinct()

@@ -18,6 +18,7 @@ from tasks.lake import Lake
 from tasks.tracking import (
     REGISTERED_MODEL,
     configure_mlflow,
+    current_champion,
     experiment_id,
     export_to_lake,
     git_commit,
@@ -28,6 +29,7 @@ from tasks.tracking import (
     start_sweep_run,
 )
 from tasks.training import (
+    LOWER_IS_BETTER,
     TrainingSet,
     best_configuration,
     cluster_diagnostics,
@@ -140,13 +142,13 @@ def promote_champion(training: TrainingSet, sweep: SweepRecord) -> ChampionRecor
     value = float(sweep.best["metrics"][sweep.metric])
     champion = register_and_promote(client, run_id, model_uri, sweep.metric, value, tags)
     lake_uri = export_to_lake(Lake.from_settings(settings, training.lake_url), champion, sweep.best)
-    current = client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version
+    current = current_champion(client) or champion.version  # set just above, never absent
     logger.info(
         "Registered %s version %s as %s (%s %.4f); champion is version %s",
         REGISTERED_MODEL, champion.version, champion.alias, sweep.metric, value, current,
     )  # fmt: skip
     return ChampionRecord(
-        version=champion.version, alias=champion.alias, champion_version=str(current),
+        version=champion.version, alias=champion.alias, champion_version=current,
         run_id=run_id, metric=sweep.metric, value=value, lake_uri=lake_uri,
     )  # fmt: skip
 
@@ -173,7 +175,7 @@ def summary_markdown(sweep: SweepRecord, champion: ChampionRecord, top: int = 10
     table = pl.read_csv(sweep.table_csv.encode())
     metric = sweep.metric
     order = table.filter(pl.col(metric).is_not_null()).sort(
-        metric, descending=metric not in ("rmse", "mae")
+        metric, descending=metric not in LOWER_IS_BETTER
     )
     columns = [
         "kind",
