@@ -74,6 +74,23 @@ class Settings(BaseSettings):
             "THINGSBOARD_DEVICE_TOKEN", "RECSYS_THINGSBOARD_DEVICE_TOKEN"
         ),
     )
+    thingsboard_username: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("THINGSBOARD_USERNAME", "RECSYS_THINGSBOARD_USERNAME"),
+        description="a tenant administrator: provisions the device and dashboard itself",
+    )
+    thingsboard_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("THINGSBOARD_PASSWORD", "RECSYS_THINGSBOARD_PASSWORD"),
+    )
+    thingsboard_device: str = Field(
+        default="movielens-recommender",
+        validation_alias=AliasChoices("THINGSBOARD_DEVICE", "RECSYS_THINGSBOARD_DEVICE"),
+        description="device name the dashboard's alias finds",
+    )
+    reports_dir: Path | None = Field(
+        default=None, description="where the report flow writes; default <home>/reports"
+    )
     prefect_home: Path | None = Field(
         default=None,
         validation_alias=AliasChoices("PREFECT_HOME", "RECSYS_PREFECT_HOME"),
@@ -119,6 +136,16 @@ class Settings(BaseSettings):
     @property
     def mlflow_artifact_location(self) -> str:
         return (self.home / "mlflow" / "artifacts").as_uri()
+
+    @property
+    def resolved_reports_dir(self) -> Path:
+        return (self.reports_dir or self.home / "reports").expanduser().resolve()
+
+    @property
+    def thingsboard_configured(self) -> bool:
+        """A URL and either a device token or a tenant login to provision one."""
+        login = self.thingsboard_username and self.thingsboard_password is not None
+        return bool(self.thingsboard_url) and bool(self.thingsboard_device_token or login)
 
     @property
     def resolved_prefect_home(self) -> Path:
