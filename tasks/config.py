@@ -109,6 +109,13 @@ class Settings(BaseSettings):
         default=None, description="a Dask scheduler (tcp://host:8786); unset: a local cluster"
     )
     sweep_workers: int = Field(default=2, ge=1, description="concurrent sweep tasks (local)")
+    work_pool: str = Field(
+        default="recsys-process", description="the Prefect process work pool of the deployments"
+    )
+    project_dir: Path | None = Field(
+        default=None,
+        description="the folder holding flows/ on a worker: prefect.yaml's pull step enters it",
+    )
 
     @field_validator("home", mode="after")
     @classmethod

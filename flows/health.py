@@ -1,0 +1,35 @@
+"""Health: probe every configured part of the stack, print a table, fail when any part is down."""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow
+
+from tasks.config import prefect_environment
+from tasks.health import (
+    PartHealth,
+    UnhealthyStackError,
+    check_configured_stack,
+    failed_parts,
+    health_table,
+)
+
+
+@flow(name="health", log_prints=True)
+def health() -> list[PartHealth]:
+    """Lake read/write, PostgreSQL, MLflow tracking and registry, the Prefect API and work pool,
+    ThingsBoard: ok, failed or not configured, with latency and reason. Fails if any part failed.
+    """
+    results = check_configured_stack()
+    print(health_table(results))
+    down = failed_parts(results)
+    if down:
+        raise UnhealthyStackError(f"{len(down)} part(s) down: {', '.join(down)}")
+    return results
+
+
+if __name__ == "__main__":
+    with prefect_environment():
+        state = health(return_state=True)
+    sys.exit(0 if state.is_completed() else 1)
