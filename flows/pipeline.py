@@ -2,31 +2,79 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect import flow
+from pydantic import BaseModel, ConfigDict
 
 from flows.ingest import ingest
-from flows.train import train
+from flows.report import report
+from flows.train import ModelKind, train
 from flows.transform import transform
-from tasks.config import prefect_environment
+from tasks.config import Settings, prefect_environment
+from tasks.report import ReportRecord
 from tasks.sweep import ChampionRecord
 
 
-@flow(name="pipeline", log_prints=True)
-def pipeline(source: str | None = None) -> ChampionRecord:
-    """Ingest the MovieLens archive, load it into PostgreSQL, sweep the models, promote a champion.
+class PipelineResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
 
-    The report stage joins this flow when it lands.
+    champion: ChampionRecord
+    report: ReportRecord
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(
+    source: str | None = None,
+    n_clusters: list[int] | None = None,
+    n_neighbors: list[int] | None = None,
+    kinds: list[ModelKind] | None = None,
+    folds: list[int] | None = None,
+    selection_metric: Literal["rmse", "ndcg_at_10"] = "rmse",
+    top_n: int = 10,
+) -> PipelineResult:
+    """Ingest the MovieLens archive, load it into PostgreSQL, sweep the models, promote a
+    champion, and report the sweep (plots, report.md, ThingsBoard when configured).
+
+    ``source`` overrides the configured archive; the rest are the train flow's parameters.
     """
     raw = ingest(source=source)
     loaded = transform(raw=raw)
-    return train(dataset_version=loaded.version)
+    champion = train(
+        n_clusters=n_clusters, n_neighbors=n_neighbors, kinds=kinds, folds=folds,
+        selection_metric=selection_metric, top_n=top_n, dataset_version=loaded.version,
+    )  # fmt: skip
+    return PipelineResult(champion=champion, report=report(sweep_run_id=champion.sweep_run_id))
+
+
+def where_to_look(settings: Settings, result: PipelineResult) -> str:
+    """The closing lines a user reads: the report, the champion, and how to open the UIs."""
+    champion = result.champion
+    mlflow_ui = (
+        settings.mlflow_tracking_uri
+        if settings.mlflow_tracking_uri and settings.mlflow_tracking_uri.startswith("http")
+        else f"mlflow ui --backend-store-uri {settings.resolved_mlflow_tracking_uri}"
+        " (then http://127.0.0.1:5000)"
+    )
+    prefect_ui = (
+        settings.prefect_api_url.removesuffix("/").removesuffix("/api")
+        if settings.prefect_api_url
+        else f"PREFECT_HOME={settings.resolved_prefect_home} prefect server start"
+        " (then http://127.0.0.1:4200)"
+    )
+    return "\n".join(
+        [
+            f"Report: {result.report.folder}/report.md (plots beside it)",
+            f"Champion: movielens-recommender version {champion.champion_version}"
+            f" (this run registered v{champion.version} as {champion.alias})",
+            f"Lake: {settings.resolved_lake_url}",
+            f"MLflow UI: {mlflow_ui}",
+            f"Prefect UI: {prefect_ui}",
+        ]
+    )
 
 
 if __name__ == "__main__":
     with prefect_environment() as settings:
-        champion = pipeline()
-    print(f"\nChampion: movielens-recommender version {champion.champion_version}"
-          f" (this run registered v{champion.version} as {champion.alias})")  # fmt: skip
-    print(f"Lake: {settings.resolved_lake_url}")
-    print(f"MLflow UI: mlflow ui --backend-store-uri {settings.resolved_mlflow_tracking_uri}")
-    print(f"Prefect UI: PREFECT_HOME={settings.resolved_prefect_home} prefect server start")
+        done = pipeline()
+    print("\n" + where_to_look(settings, done))

@@ -26,7 +26,10 @@ class MovieRecommender(PythonModel):
         self.titles = dict(zip(titles["item_id"], titles["title"], strict=True))
 
     def predict(
-        self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+        self,
+        context: PythonModelContext,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         rows = []
         sizes = model_input["n"] if "n" in model_input else [DEFAULT_N] * len(model_input)

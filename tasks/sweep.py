@@ -15,6 +15,7 @@ from tasks import plots
 from tasks.caching import CONTENT
 from tasks.config import load_settings
 from tasks.lake import Lake
+from tasks.report import markdown_table
 from tasks.tracking import (
     REGISTERED_MODEL,
     configure_mlflow,
@@ -61,6 +62,7 @@ class ChampionRecord(BaseModel):
     metric: str
     value: float
     lake_uri: str
+    sweep_run_id: str | None = None
 
 
 def run_tags(training: TrainingSet) -> dict[str, str]:
@@ -150,6 +152,7 @@ def promote_champion(training: TrainingSet, sweep: SweepRecord) -> ChampionRecor
     return ChampionRecord(
         version=champion.version, alias=champion.alias, champion_version=current,
         run_id=run_id, metric=sweep.metric, value=value, lake_uri=lake_uri,
+        sweep_run_id=sweep.parent_run_id,
     )  # fmt: skip
 
 
@@ -177,19 +180,9 @@ def summary_markdown(sweep: SweepRecord, champion: ChampionRecord, top: int = 10
     order = table.filter(pl.col(metric).is_not_null()).sort(
         metric, descending=metric not in LOWER_IS_BETTER
     )
-    columns = [
-        "kind",
-        "n_clusters",
-        "n_neighbors",
-        "rmse",
-        "ndcg_at_10",
-        "precision_at_10",
-        "fit_seconds",
-    ]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in order.head(top).iter_rows(named=True):
-        cells = [f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
+    columns = ["kind", "n_clusters", "n_neighbors", "rmse", "ndcg_at_10", "precision_at_10",
+               "fit_seconds"]  # fmt: skip
+    lines = markdown_table(order.select(columns).head(top))
     return "\n".join(
         [
             f"## Sweep: best configurations by {metric}",

@@ -198,7 +198,10 @@ class DeliveryReport:
     pending: int
 
 
-_INSERT = "INSERT INTO ops.telemetry_outbox (kind, payload) VALUES (%s, %s) RETURNING outbox_id"
+_INSERT = (
+    "INSERT INTO ops.telemetry_outbox (kind, payload, message_key) VALUES (%s, %s, %s)"
+    " ON CONFLICT (message_key) DO NOTHING RETURNING outbox_id"
+)
 _NEXT_PENDING = (
     "SELECT outbox_id, kind, payload FROM ops.telemetry_outbox"
     " WHERE delivered_at IS NULL AND outbox_id > %s"
@@ -214,15 +217,23 @@ _RECORD_FAILURE = (
 _COUNT_PENDING = "SELECT count(*) FROM ops.telemetry_outbox WHERE delivered_at IS NULL"
 
 
-def enqueue_all(url: str, messages: Iterable[tuple[OutboxKind, Mapping[str, Any]]]) -> list[int]:
-    """Store messages in the outbox in one transaction; returns their ids, in order."""
+def enqueue_all(
+    url: str,
+    messages: Iterable[tuple[OutboxKind, Mapping[str, Any]]],
+    key: str | None = None,
+) -> list[int]:
+    """Store messages in the outbox in one transaction; returns the ids of those stored, in
+    order. With a ``key``, each message is keyed ``<key>:<kind>`` and one already queued (sent
+    or not) under the same key is skipped."""
     messages = list(messages)
     for kind, _ in messages:
         if kind not in OUTBOX_KINDS:
             raise ValueError(f"outbox kind {kind!r}: expected one of {sorted(OUTBOX_KINDS)}")
     with connect(url) as conn, conn.transaction():
         rows = [
-            conn.execute(_INSERT, (kind, Jsonb(dict(payload)))).fetchone()
+            conn.execute(
+                _INSERT, (kind, Jsonb(dict(payload)), f"{key}:{kind}" if key else None)
+            ).fetchone()
             for kind, payload in messages
         ]
     return [row[0] for row in rows if row is not None]
@@ -294,15 +305,17 @@ def report_to_thingsboard(
     ts_ms: int,
     values: Mapping[str, TelemetryValue],
     attributes: Mapping[str, Any],
+    key: str | None = None,
 ) -> DeliveryReport:
     """Queue this run's telemetry and attributes, then deliver everything pending, oldest
-    first: queued before sending, nothing is lost when ThingsBoard is down."""
+    first: queued before sending, nothing is lost when ThingsBoard is down. A ``key`` (the
+    training run) queues them once however often the same run is reported."""
     messages: list[tuple[OutboxKind, Mapping[str, Any]]] = [
         ("telemetry", {"ts": int(ts_ms), "values": dict(values)})
     ]
     if attributes:
         messages.append(("attributes", attributes))
-    enqueue_all(url, messages)
+    enqueue_all(url, messages, key)
     return deliver_pending(url, device)
 
 

@@ -77,7 +77,9 @@ def start_sweep_run(
     client: MlflowClient, experiment: str, tags: dict[str, str], grid: dict[str, Any]
 ) -> str:
     """The parent run of one sweep, with the grid as its parameters."""
-    run = client.create_run(experiment, run_name=f"sweep {tags['dataset']}", tags=tags)
+    run = client.create_run(
+        experiment, run_name=f"sweep {tags['dataset']}", tags={**tags, "run_kind": "sweep"}
+    )
     client.log_batch(run.info.run_id, params=[Param(k, json.dumps(v)) for k, v in grid.items()])
     return str(run.info.run_id)
 

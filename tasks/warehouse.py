@@ -364,6 +364,16 @@ def read_table(url: str, query: str, params: tuple[Any, ...] = ()) -> pl.DataFra
         return pl.DataFrame(cur.fetchall(), schema=columns, orient="row")
 
 
+def export_frame(url: str, query: str, params: tuple[Any, ...] = ()) -> pl.DataFrame:
+    """A query's result as a Polars frame through ``COPY ... TO STDOUT`` (CSV): fast for the
+    millions of rows that ``fetchall`` would turn into Python tuples; types are inferred."""
+    with connect(url) as conn, psycopg.ClientCursor(conn) as cur:
+        bound = cur.mogrify(query, params)  # COPY takes no bind parameters
+        with cur.copy(f"COPY ({bound}) TO STDOUT (FORMAT csv, HEADER)") as copy:
+            data = b"".join(bytes(chunk) for chunk in copy)
+    return pl.read_csv(data, infer_schema_length=None)
+
+
 def warehouse_tables(
     curated: dict[str, pl.DataFrame], item_features: pl.DataFrame, user_features: pl.DataFrame
 ) -> dict[str, pl.DataFrame]:

@@ -333,6 +333,28 @@ def test_down_server_keeps_rows_then_delivers_old_first_exactly_once(
     assert [delivered for *_, delivered in outbox_rows(outbox)] == [True] * 4
 
 
+def test_the_same_run_reported_twice_is_queued_and_sent_once(
+    outbox: str, thingsboard: FakeThingsBoard
+) -> None:
+    device = fast_device(thingsboard.url)
+    thingsboard.down = True
+    first = report_to_thingsboard(outbox, device, 1000, {"users": 1}, ATTRIBUTES, key="run-a")
+    thingsboard.down = False
+    second = report_to_thingsboard(outbox, device, 1000, {"users": 1}, ATTRIBUTES, key="run-a")
+    third = report_to_thingsboard(outbox, device, 1000, {"users": 1}, ATTRIBUTES, key="run-a")
+    other = report_to_thingsboard(outbox, device, 2000, {"users": 2}, {}, key="run-b")
+
+    assert first.pending == 2 and second == DeliveryReport(sent=2, failed=0, pending=0)
+    assert third == DeliveryReport(sent=0, failed=0, pending=0)
+    assert other == DeliveryReport(sent=1, failed=0, pending=0)
+    assert thingsboard.received == [
+        ("telemetry", {"ts": 1000, "values": {"users": 1}}),
+        ("attributes", ATTRIBUTES),
+        ("telemetry", {"ts": 2000, "values": {"users": 2}}),
+    ]
+    assert len(outbox_rows(outbox)) == 3
+
+
 def test_concurrent_deliverers_send_each_row_once(
     outbox: str, thingsboard: FakeThingsBoard
 ) -> None:

@@ -1,0 +1,26 @@
+"""Report: the latest sweep and champion as plots, report.md and a Prefect artifact, and the
+run's metrics as ThingsBoard telemetry (through the outbox, when ThingsBoard is configured)."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from tasks.config import prefect_environment
+from tasks.report import ReportRecord, post_telemetry, write_report
+
+
+@flow(name="report", log_prints=True)
+def report(sweep_run_id: str | None = None) -> ReportRecord:
+    """Report the given sweep (an MLflow run id), or the dataset's latest finished one."""
+    record = write_report(sweep_run_id)
+    create_markdown_artifact(record.markdown, key="report",
+                             description=f"Report of sweep {record.sweep_run_id}")  # fmt: skip
+    post_telemetry(record)
+    return record
+
+
+if __name__ == "__main__":
+    with prefect_environment():
+        done = report()
+    print(f"Report: {done.folder}/report.md")

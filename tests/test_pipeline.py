@@ -1,0 +1,81 @@
+"""The README's main command on a fresh home: ``python flows/pipeline.py`` on the embedded
+defaults (embedded PostgreSQL, SQLite MLflow, local lake, Prefect's ephemeral API) with no
+environment beyond ``RECSYS_HOME`` and the data source."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from flows.pipeline import PipelineResult, where_to_look
+from tasks.config import load_settings
+from tasks.report import ReportRecord
+from tasks.sweep import ChampionRecord
+
+REPO = Path(__file__).resolve().parents[1]
+FOREIGN = ("RECSYS_", "PREFECT_", "MLFLOW_", "THINGSBOARD_", "AWS_")
+
+
+@pytest.mark.realdata
+def test_pipeline_main_runs_every_stage_on_the_embedded_defaults(
+    ml100k_dir: Path, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN)}
+    env |= {"RECSYS_HOME": str(tmp_path / "home"), "RECSYS_MOVIELENS_SOURCE": str(ml100k_dir)}
+
+    done = subprocess.run(
+        [sys.executable, str(REPO / "flows" / "pipeline.py")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()[-5:]
+    assert lines[0].startswith("Report: ") and lines[0].endswith("report.md (plots beside it)")
+    assert lines[1].startswith("Champion: movielens-recommender version 1")
+    report_md = Path(lines[0].removeprefix("Report: ").split(" ")[0])
+    assert report_md.is_file() and report_md.is_relative_to(tmp_path / "home" / "reports")
+    text = report_md.read_text()
+    assert "| ratings | 100000 |" in text and "| users | 943 |" in text
+    assert "| items | 1682 |" in text and "| knn_tuned |" in text
+    for name in ("rating_distribution", "long_tail", "genre_popularity", "heatmap_rmse"):
+        assert (report_md.parent / f"{name}.png").is_file()
+    for part in ("lake", "postgres", "mlflow", "prefect"):
+        assert (tmp_path / "home" / part).is_dir()
+    sweep = pl.read_csv(report_md.parent / "sweep.csv")
+    # the default grid: 6 cluster counts x 4 neighbour counts of the hybrid, and every model
+    assert sweep.filter(pl.col("kind") == "kmeans_knn").height == 24
+    assert set(sweep["kind"]) == {"kmeans_knn", "paper", "forest", "bias", "global_mean",
+                                  "popularity"}  # fmt: skip
+    assert (sweep["folds"] == 5).all()
+    assert "ThingsBoard is not configured" in done.stderr + done.stdout
+
+
+def test_where_to_look_names_the_servers_when_configured(
+    recsys_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    champion = ChampionRecord(
+        version="3", alias="challenger", champion_version="2", run_id="r", metric="rmse",
+        value=0.9, lake_uri="file:///lake/models/v3",
+    )  # fmt: skip
+    reported = ReportRecord(
+        folder="/reports/x", files=[], markdown="", sweep_run_id="s", ts_ms=0,
+        champion_version="2", values={}, attributes={},
+    )  # fmt: skip
+    result = PipelineResult(champion=champion, report=reported)
+
+    local = where_to_look(load_settings(), result)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect:4200/api")
+    served = where_to_look(load_settings(), result)
+
+    assert "Report: /reports/x/report.md" in local
+    assert "version 2 (this run registered v3 as challenger)" in local
+    assert f"mlflow ui --backend-store-uri sqlite:///{recsys_env}" in local
+    assert "prefect server start" in local
+    assert "MLflow UI: http://mlflow:5000" in served
+    assert "Prefect UI: http://prefect:4200" in served

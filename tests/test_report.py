@@ -1,0 +1,241 @@
+"""The report flow end to end: a trained synthetic dataset -> report folder, Prefect artifact,
+and telemetry to a loopback ThingsBoard through the outbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from psycopg.conninfo import make_conninfo
+
+from bench.synth import SyntheticSize, write_ml100k
+from flows.ingest import ingest
+from flows.report import report
+from flows.train import train
+from flows.transform import transform
+from tasks.config import load_settings
+from tasks.report import ReportRecord
+from tasks.thingsboard import dashboard_keys
+from tasks.tracking import configure_mlflow
+from tasks.warehouse import connect, read_table
+from tests.test_thingsboard import ADMIN, DASHBOARD, TOKEN, FakeThingsBoard, thingsboard
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+__all__ = ["thingsboard"]  # the loopback ThingsBoard fixture, shared with its own tests
+
+SMALL = SyntheticSize(ratings=3000, users=60, items=120)
+GRID: dict[str, Any] = {
+    "kinds": ["kmeans_knn", "paper", "forest", "bias", "popularity"],
+    "n_clusters": [1, 2],
+    "n_neighbors": [5, 10],
+    "folds": [1, 2],
+}
+EDA_PLOTS = {"rating_distribution.png", "long_tail.png", "genre_popularity.png"}
+SWEEP_PLOTS = {
+    "heatmap_rmse.png", "heatmap_ndcg_at_10.png", "elbow.png", "cluster_sizes.png",
+    "model_comparison.png", "forest_importances.png",
+}  # fmt: skip
+
+
+@dataclass
+class Trained:
+    home: Path
+    database_url: str
+    sweep_run_id: str
+    sweep_ended_ms: int
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, postgres_server: str) -> Iterator[Trained]:
+    """A project home with a synthetic dataset transformed and trained once."""
+    root = tmp_path_factory.mktemp("report")
+    folder = write_ml100k(root / "ml-100k", SMALL, seed=47)
+    name = f"report_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_conninfo(postgres_server, dbname=name)
+    with pytest.MonkeyPatch.context() as env:
+        for variable in [v for v in os.environ if v.startswith(("RECSYS_", "MLFLOW_", "THINGS"))]:
+            env.delenv(variable)
+        env.setenv("RECSYS_HOME", str(root / "home"))
+        env.setenv("RECSYS_DATABASE_URL", url)
+        env.chdir(root)
+        transform(raw=ingest(source=str(folder)))
+        champion = train(**GRID)
+        assert champion.sweep_run_id is not None
+        run = mlflow_client().get_run(champion.sweep_run_id)
+        yield Trained(root / "home", url, champion.sweep_run_id, int(run.info.end_time))
+
+
+@pytest.fixture
+def empty_outbox(trained: Trained) -> str:
+    with connect(trained.database_url) as conn:
+        conn.execute("DELETE FROM ops.telemetry_outbox")
+    return trained.database_url
+
+
+@pytest.fixture
+def device_env(
+    empty_outbox: str, thingsboard: FakeThingsBoard, monkeypatch: pytest.MonkeyPatch
+) -> FakeThingsBoard:
+    monkeypatch.setenv("THINGSBOARD_URL", thingsboard.url)
+    monkeypatch.setenv("THINGSBOARD_DEVICE_TOKEN", TOKEN)
+    return thingsboard
+
+
+def mlflow_client() -> MlflowClient:
+    return configure_mlflow(load_settings())
+
+
+def outbox_state(url: str) -> list[tuple[str, bool]]:
+    with connect(url) as conn:
+        rows = conn.execute(
+            "SELECT kind, delivered_at IS NOT NULL FROM ops.telemetry_outbox ORDER BY outbox_id"
+        ).fetchall()
+    return [(kind, delivered) for kind, delivered in rows]
+
+
+# --- the local report ---------------------------------------------------------------------------
+def test_report_folder_holds_every_plot_and_the_tables(trained: Trained) -> None:
+    record = report()
+
+    folder = Path(record.folder)
+    assert folder.parent == trained.home / "reports"
+    assert set(record.files) == EDA_PLOTS | SWEEP_PLOTS | {"report.md", "sweep.csv"}
+    for name in EDA_PLOTS | SWEEP_PLOTS:
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (folder / "report.md").read_text()
+    assert f"Sweep MLflow run `{trained.sweep_run_id}`" in markdown
+    assert "| ratings | 3000 |" in markdown and "| users | 60 |" in markdown
+    stars = read_table(
+        trained.database_url,
+        "SELECT rating, count(*) AS n FROM movielens.ratings GROUP BY rating ORDER BY rating",
+    )
+    for star, count in stars.iter_rows():
+        assert f"| {star:g} | {count} |" in markdown
+    for family in ("knn_tuned", "knn_paper", "random_forest", "baseline", "popularity"):
+        assert f"| {family} |" in markdown
+    assert "`movielens-recommender` version 1" in markdown
+    assert "![long_tail](long_tail.png)" in markdown
+
+
+def test_the_same_tables_are_a_prefect_artifact(trained: Trained) -> None:
+    record = report()
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["report"])), limit=1
+        )
+    assert artifacts and artifacts[0].type == "markdown"
+    assert artifacts[0].data == record.markdown
+
+
+def test_telemetry_values_are_the_sweeps_best_per_family(trained: Trained) -> None:
+    record = report()
+
+    table = mlflow_client().download_artifacts(trained.sweep_run_id, "sweep.csv")
+    import polars as pl
+
+    sweep = pl.read_csv(table)
+    best_knn = sweep.filter(pl.col("kind") == "kmeans_knn")["rmse"].min()
+    assert record.ts_ms == trained.sweep_ended_ms
+    assert record.values["rmse_knn_tuned"] == pytest.approx(best_knn)
+    assert record.values["ratings"] == 3000 and record.values["users"] == 60
+    assert sum(v for k, v in record.values.items() if k.startswith("ratings_")) == 3000
+    assert record.attributes["champion_version"] == "1"
+
+
+def test_unconfigured_thingsboard_is_said_once(
+    trained: Trained, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = report(return_state=True)
+
+    assert state.is_completed()
+    said = [r for r in caplog.records if "ThingsBoard is not configured" in r.getMessage()]
+    assert len(said) == 1
+
+
+# --- ThingsBoard --------------------------------------------------------------------------------
+def test_report_sends_every_dashboard_key_once_at_the_sweeps_end(
+    trained: Trained, device_env: FakeThingsBoard
+) -> None:
+    first = report()
+    again = report()
+
+    assert first == again
+    sent = device_env.telemetry()
+    assert len(sent) == 1  # the second report of the same sweep queued nothing
+    assert sent[0]["ts"] == trained.sweep_ended_ms
+    assert dashboard_keys(json.loads(DASHBOARD.read_text()), "timeseries") <= set(sent[0]["values"])
+    attributes = [body for kind, body in device_env.received if kind == "attributes"]
+    assert len(attributes) == 1
+    assert dashboard_keys(json.loads(DASHBOARD.read_text()), "attribute") <= set(attributes[0])
+    assert attributes[0]["dataset_version"] and attributes[0]["champion_version"] == "1"
+    assert outbox_state(trained.database_url) == [("telemetry", True), ("attributes", True)]
+
+
+def test_thingsboard_down_for_the_whole_run_is_delivered_by_the_next(
+    trained: Trained, device_env: FakeThingsBoard
+) -> None:
+    device_env.down = True
+    down = report(return_state=True)
+
+    assert down.is_completed()  # the local report stands; the telemetry waits in the outbox
+    assert device_env.received == []
+    assert outbox_state(trained.database_url) == [("telemetry", False), ("attributes", False)]
+
+    device_env.down = False
+    report()
+    report()
+
+    assert [kind for kind, _ in device_env.received] == ["telemetry", "attributes"]
+    assert outbox_state(trained.database_url) == [("telemetry", True), ("attributes", True)]
+
+
+def test_rejected_token_fails_the_report_naming_the_token_not_showing_it(
+    trained: Trained,
+    empty_outbox: str,
+    thingsboard: FakeThingsBoard,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    wrong = "not-the-device-token-1234"
+    monkeypatch.setenv("THINGSBOARD_URL", thingsboard.url)
+    monkeypatch.setenv("THINGSBOARD_DEVICE_TOKEN", wrong)
+
+    state = report(return_state=True)
+
+    assert state.is_failed()
+    with pytest.raises(Exception, match="device token was rejected") as raised:
+        state.result()
+    assert wrong not in str(raised.value) and wrong not in caplog.text
+    assert outbox_state(trained.database_url) == [("telemetry", False), ("attributes", False)]
+
+
+def test_tenant_login_provisions_the_device_and_dashboard_once(
+    trained: Trained,
+    empty_outbox: str,
+    thingsboard: FakeThingsBoard,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("THINGSBOARD_URL", thingsboard.url)
+    monkeypatch.setenv("THINGSBOARD_USERNAME", ADMIN[0])
+    monkeypatch.setenv("THINGSBOARD_PASSWORD", ADMIN[1])
+
+    first: ReportRecord = report()
+    report()
+
+    assert list(thingsboard.devices) == ["movielens-recommender"]
+    assert len(thingsboard.dashboards) == 1
+    assert [kind for kind, _ in thingsboard.received] == ["telemetry", "attributes"]
+    assert thingsboard.telemetry()[0]["ts"] == first.ts_ms
