@@ -22,7 +22,7 @@ def health() -> list[PartHealth]:
     ThingsBoard: ok, failed or not configured, with latency and reason. Fails if any part failed.
     """
     results = check_configured_stack()
-    print(health_table(results))
+    print(f"Stack health:\n{health_table(results)}")
     down = failed_parts(results)
     if down:
         raise UnhealthyStackError(f"{len(down)} part(s) down: {', '.join(down)}")
