@@ -21,7 +21,9 @@ import pytest
 import requests
 
 from bench.synth import SyntheticSize, write_ml100k
+from tasks.config import RESULT_STORAGE_BLOCK
 from tasks.lake import Lake
+from tests.conftest import S3Server
 
 pytestmark = pytest.mark.slow
 
@@ -246,3 +248,55 @@ def test_ingest_deployment_runs_through_a_process_worker(
     manifests = [key for key in lake.list("raw/ml-100k") if key.endswith("manifest.json")]
     assert len(manifests) == 1
     assert lake.get_json(manifests[0])["source"] == str(source)
+
+
+def test_worker_container_entrypoint_saves_results_block_creates_pool_deploys_and_serves(
+    prefect_server: PrefectServer,
+    deployed: dict[str, dict[str, Any]],
+    s3_lake_env: str,
+    s3_server: S3Server,
+) -> None:
+    """deployments/worker-entrypoint.sh, the compose worker's command, run here without Docker."""
+    port = free_port()
+    process = subprocess.Popen(
+        ["sh", str(REPO / "deployments" / "worker-entrypoint.sh")],
+        cwd=REPO, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=prefect_server.env(
+            RECSYS_PROJECT_DIR=str(REPO), RECSYS_WORK_POOL="entrypoint-pool",
+            RECSYS_LAKE_URL=s3_lake_env, RECSYS_S3_ENDPOINT_URL=s3_server.endpoint_url,
+            AWS_ACCESS_KEY_ID=s3_server.access_key, AWS_SECRET_ACCESS_KEY=s3_server.secret_key,
+            PREFECT_WORKER_WEBSERVER_PORT=str(port),
+        ),
+    )  # fmt: skip
+    try:
+        healthy = wait_for_worker_health(port, process, timeout=WORKER_SECONDS)
+    finally:
+        stop_group(process)
+    output = process.stdout.read() if process.stdout else ""
+    assert healthy, output
+
+    pool = prefect_server.api("GET", "/work_pools/entrypoint-pool")
+    pooled = prefect_server.api(
+        "POST", "/deployments/filter", {"work_pools": {"name": {"any_": ["entrypoint-pool"]}}}
+    )
+    block = prefect_server.api(
+        "GET", f"/block_types/slug/s3-bucket/block_documents/name/{RESULT_STORAGE_BLOCK}"
+    )
+    assert pool["type"] == "process"
+    assert len(pooled) == len(deployed)
+    assert all(d["pull_steps"] == deployed[next(iter(deployed))]["pull_steps"] for d in pooled)
+    assert block["data"]["bucket_name"] == s3_lake_env.removeprefix("s3://").split("/")[0]
+    assert block["data"]["bucket_folder"] == "lake/prefect-results"
+
+
+def wait_for_worker_health(port: int, process: subprocess.Popen[Any], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    return False
