@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import re
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -312,3 +313,31 @@ def test_prefect_yaml_pool_and_pull_step_come_from_the_settings() -> None:
         if i[0] == "WORKDIR"
     ]
     assert workdir == [dockerfile_env(REPO / "deployments" / "Dockerfile")["RECSYS_PROJECT_DIR"]]
+
+
+def test_postgres_init_script_runs_on_a_real_server(postgres_server: str) -> None:
+    """The first-start script, run as the postgres image would (psql over the local socket)."""
+    import pgserver
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    socket_dir = str(conninfo_to_dict(postgres_server)["host"])
+    psql_bin = Path(pgserver.__file__).parent / "pginstall" / "bin"
+    env = {
+        "PATH": f"{psql_bin}:/usr/bin:/bin", "PGHOST": socket_dir,
+        "POSTGRES_USER": "postgres", "DB_PASSWORD_WAREHOUSE": "w-pass",
+        "DB_PASSWORD_PREFECT": "p-pass", "DB_PASSWORD_MLFLOW": "m-pass",
+    }  # fmt: skip
+    script = REPO / "deployments" / "postgres" / "init-databases.sh"
+
+    done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    with psycopg.connect(postgres_server) as conn:
+        owners = dict(
+            conn.execute(
+                "SELECT datname, pg_get_userbyid(datdba) FROM pg_database"
+                " WHERE datname IN ('recsys', 'prefect', 'mlflow')"
+            ).fetchall()
+        )
+    assert owners == {"recsys": "recsys", "prefect": "prefect", "mlflow": "mlflow"}
