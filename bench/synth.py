@@ -1,19 +1,23 @@
-"""Synthetic MovieLens-shaped data in the ml-100k file format, seeded, at any size.
+"""Synthetic MovieLens-shaped data in any member's file format, seeded, at any size.
 
-Shape: power-law item popularity and user activity, the ml-100k rating distribution, one to
-three genres per movie, latin-1 titles with accents, some missing release dates.
+Shape: power-law item popularity and user activity, the ml-100k rating distribution (with
+some ratings half a star lower in the half-star members), one to three genres per movie,
+accented titles (latin-1 where the member is), some titles with commas, quotes or no year.
 
-    python bench/synth.py OUT_DIR --ratings 1000000
+    python bench/synth.py OUT_DIR --ratings 1000000 [--dataset ml-25m] [--zip]
 """
 
 from __future__ import annotations
 
 import argparse
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from tasks.datasets import ML1M_AGE_GROUPS, ML1M_OCCUPATIONS, Layout, MovieLensSet, movielens_set
 
 GENRES = (
     "unknown",
@@ -205,16 +209,196 @@ def _write_latin1(path: Path, items: pl.DataFrame) -> None:
     path.write_bytes(text.encode("latin-1"))
 
 
+# --- the other members ----------------------------------------------------------------------
+DAT_GENRES = GENRES[1:]  # ml-1m's 18, without ml-100k's "unknown"
+LATER_GENRES = (*DAT_GENRES, "IMAX")  # ml-10m onwards
+NO_GENRES = "(no genres listed)"
+HALF_STAR_SHARE = 0.3  # ratings moved half a star down in the half-star members
+LATER_TIMES = (789_652_009, 1_697_000_000)  # 1995 .. 2023, as in ml-32m
+AGE_SHARES = (0.04, 0.18, 0.35, 0.2, 0.09, 0.08, 0.06)
+
+
+def member_ratings(member: MovieLensSet, size: SyntheticSize, seed: int) -> pl.DataFrame:
+    """``ratings_frame`` in the member's scale and period: half stars, later timestamps."""
+    ratings = ratings_frame(size, seed)
+    if member.layout is Layout.ML100K or not member.half_stars:
+        return ratings
+    rng = np.random.default_rng(seed + 3)
+    lower = rng.random(ratings.height) < HALF_STAR_SHARE
+    times = rng.integers(*LATER_TIMES, size=ratings.height)
+    return ratings.with_columns(
+        (pl.col("rating").cast(pl.Float32) - pl.Series(lower).cast(pl.Float32) * 0.5).alias(
+            "rating"
+        ),
+        pl.Series("timestamp", times, dtype=pl.Int64),
+    )
+
+
+def movies_frame(items: int, genres: tuple[str, ...], seed: int = 0) -> pl.DataFrame:
+    """item_id, title ("Words 12 (1995)"; some with a comma, quotes or no year), genres."""
+    rng = np.random.default_rng(seed + 4)
+    ids = np.arange(1, items + 1)
+    words = np.asarray(TITLE_WORDS)[rng.choice(len(TITLE_WORDS), size=(items, 2))]
+    years = rng.integers(1922, 2023, size=items).astype(str)
+    base = pl.Series(words[:, 0]) + " " + pl.Series(words[:, 1]) + " " + pl.Series(ids.astype(str))
+    title = (
+        pl.when(pl.col("item_id") % 7 == 0)
+        .then(pl.col("base") + ", The")
+        .when(pl.col("item_id") % 11 == 0)
+        .then(pl.lit('"') + pl.col("base") + pl.lit('"'))
+        .otherwise(pl.col("base"))
+    )
+    year = (
+        pl.when(pl.col("item_id") % 53 == 0)
+        .then(pl.lit(""))
+        .otherwise(pl.lit(" (") + pl.col("year") + pl.lit(")"))
+    )
+    listed_genres = [genre for genre in genres if genre != NO_GENRES]  # it stands alone
+    picks = np.asarray(listed_genres)[rng.integers(0, len(listed_genres), size=(items, 3))]
+    counts = rng.integers(1, 4, size=items)
+    listed = (
+        pl.concat_list(pl.col("g0"), pl.col("g1"), pl.col("g2"))
+        .list.head(pl.col("count"))
+        .list.unique(maintain_order=True)
+        .list.join("|")
+    )
+    frame = pl.DataFrame(
+        {
+            "item_id": ids.astype(np.int32),
+            "base": base,
+            "year": years,
+            "g0": picks[:, 0],
+            "g1": picks[:, 1],
+            "g2": picks[:, 2],
+            "count": counts,
+        }
+    )
+    no_genres = pl.lit(NO_GENRES) if NO_GENRES in genres else pl.lit(DAT_GENRES[7])
+    return frame.select(
+        "item_id",
+        (title + year).alias("title"),
+        pl.when(pl.col("item_id") % 41 == 0).then(no_genres).otherwise(listed).alias("genres"),
+    )
+
+
+def ml1m_users_frame(users: int, seed: int = 0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed + 5)
+    return pl.DataFrame(
+        {
+            "user_id": np.arange(1, users + 1),
+            "gender": rng.choice(["M", "F"], size=users, p=[0.72, 0.28]),
+            "age": rng.choice(ML1M_AGE_GROUPS, size=users, p=AGE_SHARES),
+            "occupation": rng.integers(0, len(ML1M_OCCUPATIONS), size=users),
+            "zip_code": rng.integers(10000, 99999, size=users).astype(str),
+        }
+    )
+
+
+def tags_frame(ratings: pl.DataFrame, seed: int = 0) -> pl.DataFrame:
+    """A tag on about one rating in twenty (some tags hold a comma)."""
+    rng = np.random.default_rng(seed + 6)
+    tagged = ratings.filter(pl.Series(rng.random(ratings.height) < 0.05))
+    words = np.asarray(["funny", "dark, moody", "classic", "twist ending", "Noël"])
+    return tagged.select(
+        "user_id",
+        "item_id",
+        pl.Series("tag", words[rng.integers(0, len(words), size=tagged.height)]),
+        "timestamp",
+    )
+
+
+def links_frame(items: int, seed: int = 0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed + 7)
+    imdb = rng.choice(9_999_999, size=items, replace=False) + 1
+    tmdb = pl.Series(rng.integers(1, 999_999, size=items)).cast(pl.String)
+    return pl.DataFrame(
+        {
+            "movieId": np.arange(1, items + 1),
+            "imdbId": pl.Series(imdb).cast(pl.String).str.zfill(7),
+            "tmdbId": tmdb.scatter(np.arange(12, items, 13), None),  # some movies have none
+        }
+    )
+
+
+def write_dat(folder: Path, member: MovieLensSet, size: SyntheticSize, seed: int = 0) -> Path:
+    """ratings.dat, movies.dat (in the member's encoding)[, users.dat][, tags.dat], '::'-separated."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ratings = member_ratings(member, size, seed)
+    stars = pl.col("rating").cast(pl.String).str.strip_suffix(".0")
+    _write_dat(folder / member.ratings_file, ratings.with_columns(stars), "utf-8")
+    genres = LATER_GENRES + (NO_GENRES,) if member.half_stars else DAT_GENRES
+    _write_dat(folder / member.items_file, movies_frame(size.items, genres, seed), member.encoding)
+    if member.users_file:
+        _write_dat(folder / member.users_file, ml1m_users_frame(size.users, seed), "utf-8")
+    if member.tags_file:
+        _write_dat(folder / member.tags_file, tags_frame(ratings, seed), "utf-8")
+    return folder
+
+
+def _write_dat(path: Path, frame: pl.DataFrame, encoding: str) -> None:
+    lines = frame.select(pl.concat_str(pl.all().cast(pl.String), separator="::"))
+    text = lines.write_csv(include_header=False, quote_style="never")
+    path.write_bytes(text.encode(encoding))
+
+
+def write_csv_member(
+    folder: Path,
+    member: MovieLensSet,
+    size: SyntheticSize,
+    seed: int = 0,
+    optional: bool = True,
+) -> Path:
+    """ratings.csv (half stars), movies.csv (RFC 4180 quoting)[, tags.csv, links.csv]."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ratings = member_ratings(member, size, seed)
+    names = {"user_id": "userId", "item_id": "movieId"}
+    ratings.rename(names, strict=False).write_csv(folder / member.ratings_file, float_precision=1)
+    movies_frame(size.items, (*LATER_GENRES, NO_GENRES), seed).rename(
+        names, strict=False
+    ).write_csv(folder / member.items_file)
+    if optional and member.tags_file:
+        tags_frame(ratings, seed).rename(names, strict=False).write_csv(folder / member.tags_file)
+    if optional and member.links_file:
+        links_frame(size.items, seed).write_csv(folder / member.links_file)
+    return folder
+
+
+def write_dataset(folder: Path, dataset: str, size: SyntheticSize, seed: int = 0) -> Path:
+    """The files of ``dataset`` (a registry name) in its layout, as its archive unpacks."""
+    member = movielens_set(dataset)
+    if member.layout is Layout.ML100K:
+        return write_ml100k(folder, size, seed)
+    if member.layout is Layout.DAT:
+        return write_dat(folder, member, size, seed)
+    return write_csv_member(folder, member, size, seed)
+
+
+def write_archive(folder: Path, dataset: str, target: Path) -> Path:
+    """A zip laid out like GroupLens's: every file under the member's top folder."""
+    top = movielens_set(dataset).folder
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            archive.write(path, f"{top}/{path.relative_to(folder).as_posix()}")
+    return target
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--ratings", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-folds", action="store_true")
+    parser.add_argument("--dataset", default="ml-100k", help="a name of tasks/datasets.py")
+    parser.add_argument("--no-folds", action="store_true", help="ml-100k: no u1..u5 files")
+    parser.add_argument("--zip", action="store_true", help="also write OUT_DIR.zip")
     args = parser.parse_args()
     size = SyntheticSize.like_movielens(args.ratings)
-    write_ml100k(args.out, size, args.seed, folds=not args.no_folds)
-    print(f"wrote {size} to {args.out}")
+    if args.dataset == "ml-100k":
+        write_ml100k(args.out, size, args.seed, folds=not args.no_folds)
+    else:
+        write_dataset(args.out, args.dataset, size, args.seed)
+    if args.zip:
+        write_archive(args.out, args.dataset, args.out.with_suffix(".zip"))
+    print(f"wrote {args.dataset} {size} to {args.out}")
 
 
 if __name__ == "__main__":

@@ -14,11 +14,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-GROUPLENS_ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
-GROUPLENS_ML100K_MD5 = "0e33842e24a9c977be4e0107933c0723"
+from tasks.datasets import DATASETS, movielens_set
+
+GROUPLENS_ML100K_URL = DATASETS["ml-100k"].url
+GROUPLENS_ML100K_MD5 = DATASETS["ml-100k"].md5
 RESULT_STORAGE_BLOCK = "recsys-results"
 
 
@@ -30,7 +32,10 @@ class Settings(BaseSettings):
     )
 
     home: Path = Field(default=Path(".recsys"), description="project data folder")
-    dataset: str = Field(default="ml-100k", description="MovieLens member to ingest")
+    dataset: str = Field(
+        default="ml-100k", description="MovieLens member: a name of tasks/datasets.py's registry"
+    )
+    # Unset, these two follow the dataset: its GroupLens archive and published MD5.
     movielens_source: str = Field(
         default=GROUPLENS_ML100K_URL,
         description="archive URL, local zip, or local extracted folder",
@@ -39,6 +44,11 @@ class Settings(BaseSettings):
         default=GROUPLENS_ML100K_MD5,
         description="expected MD5 of the archive; empty to skip the check",
     )
+    fold_scheme: Literal["random", "temporal"] = Field(
+        default="random",
+        description="folds of the members without official ones (all but ml-100k)",
+    )
+    fold_seed: int = Field(default=0, ge=0, description="seed of the random fold scheme")
     download_timeout_seconds: float = Field(default=60.0, gt=0)
     lake_url: str | None = Field(default=None, description="file://... or s3://bucket/prefix")
     s3_endpoint_url: str | None = Field(default=None, description="MinIO or other S3 API URL")
@@ -126,6 +136,21 @@ class Settings(BaseSettings):
     @classmethod
     def _md5_or_none(cls, value: str | None) -> str | None:
         return value.strip().lower() or None if value else None
+
+    @field_validator("dataset", mode="after")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        return movielens_set(value).name
+
+    @model_validator(mode="after")
+    def _archive_of_the_dataset(self) -> Settings:
+        """Source and MD5 not set explicitly are the dataset's published ones."""
+        member = movielens_set(self.dataset)
+        if "movielens_source" not in self.model_fields_set:
+            self.movielens_source = member.url
+        if "movielens_md5" not in self.model_fields_set:
+            self.movielens_md5 = member.md5
+        return self
 
     @cached_property
     def resolved_lake_url(self) -> str:

@@ -20,9 +20,12 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import urlparse
 
+import numpy as np
 import polars as pl
 import requests
 from prefect import task
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 from prefect.states import State
 from prefect.tasks import exponential_backoff
@@ -30,9 +33,9 @@ from pydantic import BaseModel, ConfigDict
 
 from tasks.caching import CONTENT
 from tasks.config import load_settings
+from tasks.datasets import ML1M_AGE_GROUPS, ML1M_OCCUPATIONS, Layout, MovieLensSet, movielens_set
 from tasks.lake import CHUNK_BYTES, Lake
 
-REQUIRED_FILES: dict[str, tuple[str, ...]] = {"ml-100k": ("u.data", "u.item", "u.user")}
 MANIFEST = "manifest.json"
 PROGRESS_STEP = 0.1
 
@@ -303,7 +306,7 @@ def read_raw_dataset(lake: Lake, dataset: str, sha256: str) -> RawDataset:
 
 
 def _require_files(dataset: str, names: list[str], source: str) -> None:
-    missing = [name for name in REQUIRED_FILES.get(dataset, ()) if name not in names]
+    missing = [name for name in movielens_set(dataset).required_files if name not in names]
     if missing:
         raise ArchiveError(f"{source}: {dataset} file(s) {', '.join(missing)} missing")
 
@@ -378,6 +381,8 @@ class FileSpec:
     separator: str
     columns: tuple[str, ...]
     encoding: str = "utf-8"
+    header: tuple[str, ...] = ()  # the first line's names, when the file has a header line
+    quoted: bool = False  # fields may be in RFC 4180 double quotes
 
 
 GENRE_COLUMNS = tuple(f"genre_{i}" for i in range(GENRE_COUNT))
@@ -408,10 +413,10 @@ class Parsed:
     rejects: pl.DataFrame
 
 
-def read_fields(data: bytes, spec: FileSpec) -> Parsed:
-    """Split each line into the spec's string fields; lines with the wrong field count are rejected."""
-    if spec.encoding != "utf-8":
-        data = data.decode(spec.encoding).encode("utf-8")
+def read_lines(data: bytes, encoding: str) -> pl.DataFrame:
+    """Every non-blank line of ``data`` as ``raw`` text with its 1-based ``line`` number."""
+    if encoding != "utf-8":
+        data = data.decode(encoding).encode("utf-8")
     lines = pl.read_csv(
         io.BytesIO(data),
         has_header=False,
@@ -419,9 +424,14 @@ def read_fields(data: bytes, spec: FileSpec) -> Parsed:
         quote_char=None,
         schema={"raw": pl.String},
     ).with_row_index("line", offset=1)
-    lines = lines.with_columns(pl.col("line").cast(pl.Int64)).filter(
+    return lines.with_columns(pl.col("line").cast(pl.Int64)).filter(
         pl.col("raw").is_not_null() & (pl.col("raw").str.strip_chars() != "")
     )
+
+
+def read_fields(data: bytes, spec: FileSpec) -> Parsed:
+    """Split each line into the spec's string fields; lines with the wrong field count are rejected."""
+    lines = read_lines(data, spec.encoding)
     parts = pl.col("raw").str.split(spec.separator)
     lines = lines.with_columns(parts.alias("parts"))
     count_ok = pl.col("parts").list.len() == len(spec.columns)
@@ -712,6 +722,370 @@ def _occupations_of(users: pl.DataFrame) -> pl.DataFrame:
     return users.select(pl.col("occupation").unique().sort().alias("name"))
 
 
+# --- the other members: '::'-separated .dat files and CSV files -------------------------------
+RATING_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
+MOVIE_COLUMNS = ("item_id", "title", "genres")
+LINK_COLUMNS = ("item_id", "imdb_id", "tmdb_id")
+ML1M_USER_COLUMNS = ("user_id", "gender", "age", "occupation", "zip_code")
+CSV_HEADERS: dict[tuple[str, ...], tuple[str, ...]] = {
+    RATING_COLUMNS: ("userId", "movieId", "rating", "timestamp"),
+    MOVIE_COLUMNS: ("movieId", "title", "genres"),
+    LINK_COLUMNS: ("movieId", "imdbId", "tmdbId"),
+}
+CSV_FIELD = r'("(?:[^"]|"")*"|[^",]*)'  # a quoted field ("" inside is a quote) or a bare one
+TITLE_YEAR = r"\((\d{4})(?:[-–]\d{4})?\)\s*$"  # "Heat (1995)", "Babylon 5 (1993-1998)"
+IMDB_TITLE_URL = "https://www.imdb.com/title/tt{}/"
+OFFICIAL, RANDOM, TEMPORAL = "official", "random", "temporal"
+TEMPORAL_TEST_FOLD = 1
+NEVER_TESTED = 0  # test_fold of a rating in no test fold: always trained on
+TEMPORAL_TEST_SHARE = 0.2
+
+
+@dataclass(frozen=True)
+class FoldRule:
+    """How a member's test folds are made: its official files (ml-100k), a seeded per-user
+    random 5-fold split, or a temporal hold-out of each user's latest ratings."""
+
+    scheme: str
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.scheme}:{self.seed}" if self.scheme == RANDOM else self.scheme
+
+
+def fold_rule(dataset: str, scheme: str, seed: int) -> FoldRule:
+    """ml-100k keeps its official u1..u5; the others follow ``RECSYS_FOLD_SCHEME``."""
+    if movielens_set(dataset).layout is Layout.ML100K:
+        return FoldRule(OFFICIAL)
+    if scheme not in (RANDOM, TEMPORAL):
+        raise ValueError(f"fold scheme must be {RANDOM!r} or {TEMPORAL!r}, not {scheme!r}")
+    return FoldRule(scheme, seed if scheme == RANDOM else 0)
+
+
+def read_csv_fields(data: bytes, spec: FileSpec) -> Parsed:
+    """Fields of a CSV file with a header line; the header must name the spec's columns."""
+    lines = read_lines(data, spec.encoding).with_columns(pl.col("raw").str.strip_suffix("\r"))
+    header = lines.filter(pl.col("line") == 1)["raw"].to_list()
+    expected = ",".join(spec.header)
+    if header != [expected]:
+        found = repr(header[0]) if header else "nothing"
+        raise ValidationError(f"{spec.name} line 1: header {found}, expected {expected!r}")
+    lines = lines.filter(pl.col("line") > 1)
+    if spec.quoted:
+        pattern = "^" + ",".join([CSV_FIELD] * len(spec.columns)) + "$"
+        fields = pl.col("raw").str.extract_groups(pattern)
+        lines = lines.with_columns(fields.alias("fields")).unnest("fields")
+        count_ok = pl.col("1").is_not_null()
+        values = [_unquoted(pl.col(str(i + 1))) for i in range(len(spec.columns))]
+    else:
+        lines = lines.with_columns(pl.col("raw").str.split(",").alias("parts"))
+        count_ok = pl.col("parts").list.len() == len(spec.columns)
+        values = [pl.col("parts").list.get(i) for i in range(len(spec.columns))]
+    rejects = _rejects(
+        lines.filter(~count_ok),
+        spec.name,
+        "line",
+        pl.col("raw"),
+        f"expected {len(spec.columns)} comma-separated fields",
+    )
+    rows = lines.filter(count_ok).select(
+        "line", *(value.alias(name) for value, name in zip(values, spec.columns, strict=True))
+    )
+    return Parsed(rows=rows, rejects=rejects)
+
+
+def _unquoted(field: pl.Expr) -> pl.Expr:
+    inner = (
+        field.str.strip_prefix('"').str.strip_suffix('"').str.replace_all('""', '"', literal=True)
+    )
+    return pl.when(field.str.starts_with('"')).then(inner).otherwise(field)
+
+
+def member_fields(
+    member: MovieLensSet, files: dict[str, bytes], name: str, columns: tuple[str, ...]
+) -> Parsed:
+    """The string fields of one of ``member``'s files, in its layout."""
+    if member.layout is Layout.CSV:
+        spec = FileSpec(
+            name, ",", columns, header=CSV_HEADERS[columns], quoted=columns == MOVIE_COLUMNS
+        )
+        return read_csv_fields(files[name], spec)
+    return read_fields(files[name], FileSpec(name, "::", columns, encoding=member.encoding))
+
+
+def _half_stars(name: str) -> pl.Expr:
+    value = _typed(name, pl.Float64())
+    return value.is_between(0.5, 5.0) & ((value * 2).round() == value * 2)
+
+
+def parse_member_ratings(
+    parsed: Parsed, member: MovieLensSet, users: pl.Series | None, items: pl.Series
+) -> Parsed:
+    """Ratings in whole or half stars as the member has them, known users and items, no
+    duplicate pairs; ``users`` is None for the members without a users file."""
+    file = member.ratings_file
+    stars = (
+        Rule("rating", _half_stars("rating"), "rating must be 0.5..5.0 in half stars")
+        if member.half_stars
+        else Rule("rating", _integer("rating").is_between(1, 5), "rating must be an integer 1..5")
+    )
+    known_user = (
+        [
+            Rule(
+                "user_id",
+                _integer("user_id").is_in(users.implode()),
+                f"user not in {member.users_file}",
+            )
+        ]
+        if users is not None
+        else []
+    )
+    rules = [
+        Rule("user_id", _integer("user_id") > 0, "user id must be a positive integer"),
+        Rule("item_id", _integer("item_id") > 0, "item id must be a positive integer"),
+        stars,
+        Rule("timestamp", _integer("timestamp") >= 0, "timestamp must be a non-negative integer"),
+        *known_user,
+        Rule(
+            "item_id",
+            _integer("item_id").is_in(items.implode()),
+            f"item not in {member.items_file}",
+        ),
+        Rule(
+            "item_id",
+            _first_occurrence("user_id", "item_id"),
+            "duplicate (user, item) pair: the user rated this item on an earlier line",
+        ),
+    ]
+    checked = apply_rules(parsed, file, rules)
+    rating = pl.Float32() if member.half_stars else pl.Int8()
+    rows = checked.rows.select(
+        "line",
+        _typed("user_id", pl.Int32()).alias("user_id"),
+        _typed("item_id", pl.Int32()).alias("item_id"),
+        _typed("rating", rating).alias("rating"),
+        _typed("timestamp", pl.Int64()).alias("timestamp"),
+    )
+    return Parsed(rows=rows, rejects=checked.rejects)
+
+
+def parse_movies(parsed: Parsed, file: str) -> Parsed:
+    """Movies with the release year from the title ("Heat (1995)") and their genre names."""
+    rules = [
+        Rule("item_id", _integer("item_id") > 0, "item id must be a positive integer"),
+        Rule("item_id", _first_occurrence("item_id"), "duplicate item id"),
+        Rule("title", pl.col("title").str.strip_chars() != "", "title is empty"),
+        Rule(
+            "genres",
+            pl.col("genres").str.strip_chars() != "",
+            "genres is empty (a movie without any says (no genres listed))",
+        ),
+    ]
+    checked = apply_rules(parsed, file, rules)
+    title = pl.col("title").str.strip_chars()
+    rows = checked.rows.select(
+        _typed("item_id", pl.Int32()).alias("item_id"),
+        title.alias("title"),
+        pl.lit(None, pl.Date).alias("release_date"),
+        pl.lit(None, pl.Date).alias("video_release_date"),
+        pl.lit(None, pl.String).alias("imdb_url"),
+        title.str.extract(TITLE_YEAR, 1).cast(pl.Int16, strict=False).alias("release_year"),
+        pl.col("genres").str.strip_chars().str.split("|").alias("genres"),
+    )
+    return Parsed(rows=rows.sort("item_id"), rejects=checked.rejects)
+
+
+def parse_links(parsed: Parsed, file: str) -> Parsed:
+    """Each movie's IMDb id (links.csv), as the URL of its IMDb page."""
+    imdb_id = pl.col("imdb_id").str.strip_chars()
+    rules = [
+        Rule("item_id", _integer("item_id") > 0, "item id must be a positive integer"),
+        Rule("item_id", _first_occurrence("item_id"), "duplicate item id"),
+        Rule("imdb_id", imdb_id.str.contains(r"^\d+$"), "IMDb id must be digits"),
+    ]
+    checked = apply_rules(parsed, file, rules)
+    rows = checked.rows.select(
+        _typed("item_id", pl.Int32()).alias("item_id"),
+        pl.format(IMDB_TITLE_URL, imdb_id).alias("imdb_url"),
+    )
+    return Parsed(rows=rows, rejects=checked.rejects)
+
+
+def parse_ml1m_users(parsed: Parsed, file: str) -> Parsed:
+    """ml-1m's users: the age group's lower bound as the age, occupation codes as names."""
+    gender = pl.col("gender").str.strip_chars()
+    code = _integer("occupation")
+    rules = [
+        Rule("user_id", _integer("user_id") > 0, "user id must be a positive integer"),
+        Rule("user_id", _first_occurrence("user_id"), "duplicate user id"),
+        Rule("gender", gender.is_in(["M", "F"]), "gender must be M or F"),
+        Rule(
+            "age",
+            _integer("age").is_in(ML1M_AGE_GROUPS),
+            f"age must be an age group of {', '.join(map(str, ML1M_AGE_GROUPS))}",
+        ),
+        Rule(
+            "occupation",
+            code.is_between(0, len(ML1M_OCCUPATIONS) - 1),
+            f"occupation must be a code 0..{len(ML1M_OCCUPATIONS) - 1}",
+        ),
+        Rule("zip_code", pl.col("zip_code").str.strip_chars() != "", "zip code is empty"),
+    ]
+    checked = apply_rules(parsed, file, rules)
+    codes = list(range(len(ML1M_OCCUPATIONS)))
+    rows = checked.rows.select(
+        _typed("user_id", pl.Int32()).alias("user_id"),
+        _typed("age", pl.Int16()).alias("age"),
+        gender.alias("gender"),
+        code.replace_strict(codes, list(ML1M_OCCUPATIONS), return_dtype=pl.String).alias(
+            "occupation"
+        ),
+        pl.col("zip_code").str.strip_chars(),
+    )
+    return Parsed(rows=rows.sort("user_id"), rejects=checked.rejects)
+
+
+def users_of(ratings: pl.DataFrame) -> pl.DataFrame:
+    """The users of a member without a users file: their ids, no demographics."""
+    return ratings.select(pl.col("user_id").unique().sort()).with_columns(
+        pl.lit(None, pl.Int16).alias("age"),
+        pl.lit(None, pl.String).alias("gender"),
+        pl.lit(None, pl.String).alias("occupation"),
+        pl.lit(None, pl.String).alias("zip_code"),
+    )
+
+
+def movie_genres(movies: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(genres, item_genres) from the movies' genre lists; ids follow the names' sort order."""
+    pairs = (
+        movies.select("item_id", pl.col("genres").alias("name"))
+        .explode("name")
+        .with_columns(pl.col("name").str.strip_chars())
+        .filter(pl.col("name") != "")
+    )
+    genres = (
+        pairs.select(pl.col("name").unique().sort())
+        .with_row_index("genre_id")
+        .select(pl.col("genre_id").cast(pl.Int16), "name")
+    )
+    item_genres = (
+        pairs.join(genres, on="name")
+        .select("item_id", "genre_id")
+        .unique()
+        .sort("item_id", "genre_id")
+    )
+    return genres, item_genres
+
+
+def random_folds(ratings: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """A seeded per-user 5-fold split: each user's ratings, in a random order, are dealt to
+    folds 1..5 in turn from a random first fold, so every rating is in exactly one test fold
+    and a user's folds differ in size by one rating at most."""
+    pairs = ratings.select("user_id", "item_id").sort("user_id", "item_id")
+    rng = np.random.default_rng(seed)
+    users = pairs["user_id"].unique().sort()
+    first = pl.DataFrame(
+        {"user_id": users, "first": rng.integers(0, FOLD_COUNT, size=users.len())},
+        schema_overrides={"first": pl.Int64},
+    )
+    turn = pl.col("draw").rank("ordinal").over("user_id").cast(pl.Int64) - 1
+    fold = (turn + pl.col("first")) % FOLD_COUNT + 1
+    return (
+        pairs.with_columns(pl.Series("draw", rng.random(pairs.height)))
+        .join(first, on="user_id", how="left")
+        .select("user_id", "item_id", fold.cast(pl.Int8).alias("test_fold"))
+        .sort("user_id", "item_id")
+    )
+
+
+def temporal_folds(ratings: pl.DataFrame, share: float = TEMPORAL_TEST_SHARE) -> pl.DataFrame:
+    """A temporal hold-out: each user's latest ratings (``share`` of them, at least one; none
+    of a user with a single rating) are test fold 1, the rest are in no test fold (0)."""
+    latest_first = ratings.select("user_id", "item_id", "timestamp").sort(
+        "user_id", "timestamp", "item_id", descending=[False, True, True]
+    )
+    count = pl.len().over("user_id")
+    held = pl.when(count > 1).then((count * share).floor().cast(pl.Int64).clip(lower_bound=1))
+    recency = pl.int_range(pl.len()).over("user_id")  # 0 = the user's latest rating
+    fold = pl.when(recency < held.otherwise(0)).then(TEMPORAL_TEST_FOLD).otherwise(NEVER_TESTED)
+    return latest_first.select("user_id", "item_id", fold.cast(pl.Int8).alias("test_fold")).sort(
+        "user_id", "item_id"
+    )
+
+
+def member_folds(ratings: pl.DataFrame, rule: FoldRule) -> pl.DataFrame:
+    if rule.scheme == TEMPORAL:
+        return temporal_folds(ratings)
+    return random_folds(ratings, rule.seed)
+
+
+def curate_member(member: MovieLensSet, files: dict[str, bytes], rule: FoldRule) -> CuratedTables:
+    """Parse and validate a .dat or CSV member into the same tables as ml-100k's."""
+    require_parsed_files(member, files)
+    users = (
+        parse_ml1m_users(
+            member_fields(member, files, member.users_file, ML1M_USER_COLUMNS), member.users_file
+        )
+        if member.users_file
+        else None
+    )
+    movies = parse_movies(
+        member_fields(member, files, member.items_file, MOVIE_COLUMNS), member.items_file
+    )
+    links = (
+        parse_links(
+            member_fields(member, files, member.links_file, LINK_COLUMNS), member.links_file
+        )
+        if member.links_file and member.links_file in files
+        else None
+    )
+    ratings = parse_member_ratings(
+        member_fields(member, files, member.ratings_file, RATING_COLUMNS),
+        member,
+        users.rows["user_id"] if users is not None else None,
+        movies.rows["item_id"],
+    )
+    genres, item_genres = movie_genres(movies.rows)
+    items = movies.rows.drop("genres")
+    if links is not None:
+        urls = links.rows.rename({"imdb_url": "link"})
+        items = (
+            items.join(urls, on="item_id", how="left")
+            .with_columns(pl.col("link").alias("imdb_url"))
+            .drop("link")
+        )
+    rejects = pl.concat([p.rejects for p in (users, movies, links, ratings) if p is not None])
+    return CuratedTables(
+        ratings=ratings.rows.drop("line"),
+        items=items.sort("item_id"),
+        genres=genres,
+        item_genres=item_genres,
+        users=users.rows if users is not None else users_of(ratings.rows),
+        occupations=pl.DataFrame(
+            {"name": list(ML1M_OCCUPATIONS) if member.users_file else []},
+            schema={"name": pl.String},
+        ),
+        folds=member_folds(ratings.rows, rule),
+        rejects=rejects.sort("file", "line"),
+    )
+
+
+def require_parsed_files(member: MovieLensSet, files: dict[str, bytes]) -> None:
+    """The same error as the ingest's when a required file of the member is absent."""
+    missing = [name for name in member.required_files if name not in files]
+    if missing:
+        raise ArchiveError(f"{member.name}: {member.name} file(s) {', '.join(missing)} missing")
+
+
+def curate_files(member: MovieLensSet, files: dict[str, bytes], rule: FoldRule) -> CuratedTables:
+    """The curated tables of any member, from its raw files by name."""
+    if member.layout is Layout.ML100K:
+        require_parsed_files(member, files)
+        return curate_ml100k(files)
+    return curate_member(member, files, rule)
+
+
 # --- the curated layer ------------------------------------------------------------------------
 class CuratedDataset(BaseModel):
     """Reference to validated, typed Parquet tables of one dataset version."""
@@ -723,6 +1097,7 @@ class CuratedDataset(BaseModel):
     version: str
     row_counts: dict[str, int]
     rejected: int
+    folds: str = OFFICIAL  # the fold rule's label: official, random:<seed> or temporal
 
     @property
     def prefix(self) -> str:
@@ -732,20 +1107,47 @@ class CuratedDataset(BaseModel):
         return {name: f"{self.prefix}/{name}.parquet" for name in self.row_counts}
 
 
-def dataset_version(raw: RawDataset) -> str:
-    """A short, stable version derived from the raw manifest's file hashes."""
+def dataset_version(raw: RawDataset, folds: FoldRule = FoldRule(OFFICIAL)) -> str:
+    """A short, stable version derived from the raw manifest's file hashes (and the fold rule
+    when it is not the official one: other folds are another version of the tables)."""
     hashes = "\n".join(f"{f.file}:{f.sha256}" for f in sorted(raw.files, key=lambda f: f.file))
-    return _sha256_text(f"{CURATED_FORMAT}\n{hashes}")[:16]
+    rule = "" if folds.scheme == OFFICIAL else f"\nfolds:{folds.label}"
+    return _sha256_text(f"{CURATED_FORMAT}\n{hashes}{rule}")[:16]
 
 
-@task(cache_policy=CONTENT, persist_result=True)
+@dataclass
+class FoldSettings(CachePolicy):
+    """Keys a curated result to the fold settings ``curate_dataset`` reads."""
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        settings = load_settings()
+        return f"folds={settings.fold_scheme}:{settings.fold_seed}"
+
+
+def files_to_parse(raw: RawDataset) -> list[str]:
+    """The raw files the curated tables come from (ml-100k: u.* and the official u*.test)."""
+    member = movielens_set(raw.dataset)
+    if member.layout is Layout.ML100K:
+        return [f.file for f in raw.files if f.file.startswith("u.") or f.file.endswith(".test")]
+    return [f.file for f in raw.files if f.file in member.parsed_files]
+
+
+@task(cache_policy=CONTENT + FoldSettings(), persist_result=True)
 def curate_dataset(raw: RawDataset, max_rejects: int) -> CuratedDataset:
     """Parse and validate the raw files; write curated Parquet, and every bad row to rejects/."""
     logger = get_run_logger()
-    lake = Lake.from_settings(load_settings(), raw.lake_url)
-    wanted = [f.file for f in raw.files if f.file.startswith("u.") or f.file.endswith(".test")]
-    curated = curate_ml100k({name: lake.get_bytes(raw.key(name)) for name in wanted})
-    version = dataset_version(raw)
+    settings = load_settings()
+    lake = Lake.from_settings(settings, raw.lake_url)
+    folds = fold_rule(raw.dataset, settings.fold_scheme, settings.fold_seed)
+    files = {name: lake.get_bytes(raw.key(name)) for name in files_to_parse(raw)}
+    curated = curate_files(movielens_set(raw.dataset), files, folds)
+    version = dataset_version(raw, folds)
     rejected_rows = curated.rejects.select("file", "line").n_unique()
     if rejected_rows:
         rejects_key = f"rejects/{raw.dataset}/{version}/rejects.parquet"
@@ -761,10 +1163,13 @@ def curate_dataset(raw: RawDataset, max_rejects: int) -> CuratedDataset:
         version=version,
         row_counts={name: frame.height for name, frame in curated.tables().items()},
         rejected=rejected_rows,
+        folds=folds.label,
     )
     for name, frame in curated.tables().items():
         lake.write_parquet(ref.table_keys()[name], frame)
-    logger.info("Curated %s version %s: %s", raw.dataset, version, ref.row_counts)
+    logger.info(
+        "Curated %s version %s (folds %s): %s", raw.dataset, version, folds.label, ref.row_counts
+    )
     return ref
 
 

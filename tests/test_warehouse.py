@@ -70,7 +70,7 @@ def partitions(url: str) -> list[str]:
 
 
 def test_migrations_apply_once(database_url: str) -> None:
-    assert migrate(database_url) == ["V001__warehouse", "V002__outbox_keys"]
+    assert migrate(database_url) == ["V001__warehouse", "V002__outbox_keys", "V003__fold_zero"]
     assert migrate(database_url) == []
 
 
