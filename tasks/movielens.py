@@ -1,4 +1,5 @@
-"""MovieLens in the lake: resolve the source, fetch and verify the archive, store the raw files.
+"""MovieLens in the lake: resolve the source, fetch and verify the archive, store the raw files,
+and parse and validate any member's layout (``tasks/datasets.py``) into the curated tables.
 
 The raw layout is content-addressed: ``raw/<dataset>/<sha256>/<file>`` plus ``manifest.json``,
 written last, so a folder without a manifest was never completed and is never read.

@@ -24,6 +24,7 @@ from tasks.movielens import (
     curate_files,
 )
 from tasks.warehouse import LoadResult, read_table, table_counts
+from tests.conftest import HttpServer
 
 SMALL = SyntheticSize(ratings=600, users=30, items=60)
 RANDOM = FoldRule("random", 0)
@@ -217,12 +218,10 @@ def zip_bytes(folder: Path, dataset: str, tmp_path: Path) -> bytes:
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_wrong_md5_from_the_registry_fails_the_ingest(
-    recsys_env: Path, tmp_path: Path, http_server: object, monkeypatch: pytest.MonkeyPatch
+    recsys_env: Path, tmp_path: Path, http_server: HttpServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flows.ingest import ingest
-    from tests.conftest import HttpServer
 
-    assert isinstance(http_server, HttpServer)
     folder = write_dataset(tmp_path / "ml-1m", "ml-1m", SMALL, seed=5)
     url = http_server.serve("/datasets/movielens/ml-1m.zip", zip_bytes(folder, "ml-1m", tmp_path))
     monkeypatch.setenv("RECSYS_DATASET", "ml-1m")
