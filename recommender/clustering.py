@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import silhouette_score
+from sklearn.utils.extmath import randomized_svd
 
 from recommender.bias import fit_biases
 from recommender.data import Ratings
@@ -24,6 +25,16 @@ def kmeans(features: np.ndarray, n_clusters: int, seed: int = 0, n_init: int = 3
     """A fitted scikit-learn K-Means (k-means++ init, fixed seed for determinism)."""
     n_clusters = min(n_clusters, len(features))
     return KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit(features)
+
+
+def reduced_rows(rows: np.ndarray, n_components: int, seed: int = 0) -> np.ndarray:
+    """The rows projected on their top ``n_components`` singular directions (randomized SVD),
+    so K-Means measures distances in a few dense dimensions instead of thousands of sparse
+    ones; the rows as they are when ``n_components`` is 0 or not below their width."""
+    if n_components <= 0 or n_components >= min(rows.shape):
+        return rows
+    left, values, _ = randomized_svd(rows, n_components, random_state=seed)
+    return np.asarray(left * values, dtype=np.float64)
 
 
 def cluster_labels(features: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
@@ -84,7 +95,8 @@ def rating_features(ratings: Ratings, of: ClusterOf, features: ClusterFeatures) 
 class RatingClusters:
     """K-Means of users or items from a :class:`Ratings` (notebook-friendly helper).
 
-    ``RatingClusters(8, of="items", features="genres").fit(ratings).labels_``
+    ``RatingClusters(8, of="items", features="genres").fit(ratings).labels_``; with
+    ``n_components`` it clusters the features' top singular components, as :class:`KMeansKNN`.
     """
 
     def __init__(
@@ -93,14 +105,17 @@ class RatingClusters:
         of: ClusterOf = "users",
         features: ClusterFeatures = "residuals",
         seed: int = 0,
+        n_components: int = 0,
     ) -> None:
         self.n_clusters = n_clusters
         self.of = of
         self.features = features
         self.seed = seed
+        self.n_components = n_components
 
     def fit(self, ratings: Ratings) -> Self:
-        self.features_ = rating_features(ratings, self.of, self.features)
+        rows = rating_features(ratings, self.of, self.features)
+        self.features_ = reduced_rows(rows, self.n_components, self.seed)
         fitted = kmeans(self.features_, self.n_clusters, self.seed)
         self.labels_: np.ndarray = fitted.labels_
         self.cluster_centers_: np.ndarray = fitted.cluster_centers_

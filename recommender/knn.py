@@ -14,7 +14,7 @@ from pydantic import Field
 from recommender.base import RecommenderModel
 from recommender.bias import fit_biases
 from recommender.cache import config_key, shared_component
-from recommender.clustering import cluster_labels
+from recommender.clustering import cluster_labels, reduced_rows
 from recommender.config import ModelConfig
 from recommender.data import Ratings
 from recommender.factors import fit_factors
@@ -59,6 +59,10 @@ class KMeansKNNConfig(ModelConfig):
         le=1,
         description="weight of neighbours outside the cluster; 0 = restrict",
     )
+    cluster_components: int = Field(
+        default=24, ge=0,
+        description="K-Means clusters the rows' top singular components (0: the raw rows)",
+    )  # fmt: skip
     cluster_biases: bool = Field(default=False, description="add damped cluster x item biases")
     cluster_bias_damping: float = Field(default=25.0, ge=0)
     # 50 factors at regularisation 0.15 won on validation splits of the training folds (never
@@ -166,7 +170,8 @@ class _Parts:
         wanted = self.config.based in (side, "both")
         if self.config.n_clusters <= 1 or not wanted:
             return None
-        return cluster_labels(rows, self.config.n_clusters, self.config.seed)
+        features = reduced_rows(rows, self.config.cluster_components, self.config.seed)
+        return cluster_labels(features, self.config.n_clusters, self.config.seed)
 
     def _cluster_bias(self, dense: np.ndarray, rated: np.ndarray) -> np.ndarray:
         """Damped mean residual of each (user cluster, item) and (user, item cluster)."""

@@ -234,8 +234,11 @@ def top_n_for_every_user(model: RecommenderModel[Any], n: int) -> pl.DataFrame:
 def cluster_diagnostics(
     training: TrainingSet, n_clusters: list[int]
 ) -> tuple[list[float], list[float | None], dict[int, list[int]]]:
-    """Inertia, silhouette and cluster sizes of K-Means of users, per cluster count."""
-    from recommender import RatingClusters
+    """Inertia, silhouette and cluster sizes of K-Means of users, per cluster count, on the
+    features the tuned hybrid clusters."""
+    from recommender import KMeansKNNConfig, RatingClusters
+
+    components = KMeansKNNConfig().cluster_components
 
     ratings, items, _ = training_frames(training.lake_url, training.dataset, training.version)
     data = Ratings.from_frame(ratings, items=items)
@@ -243,7 +246,7 @@ def cluster_diagnostics(
     silhouettes: list[float | None] = []
     sizes: dict[int, list[int]] = {}
     for k in sorted(n_clusters):
-        clusters = RatingClusters(k, of="users").fit(data)
+        clusters = RatingClusters(k, of="users", n_components=components).fit(data)
         inertia.append(clusters.inertia_)
         silhouettes.append(clusters.silhouette() if k > 1 else None)
         sizes[k] = np.bincount(clusters.labels_, minlength=k).tolist()
