@@ -65,6 +65,11 @@ class RecommenderModel(ABC, Generic[ConfigT]):
         if len(train) == 0:
             raise ValueError("cannot fit on zero ratings")
         self.ratings_ = train
+        # the 1..5 stars, widened to half-star sets' 0.5 when the ratings hold one
+        self.rating_range_ = (
+            min(MIN_RATING, float(train.values.min())),
+            max(MAX_RATING, float(train.values.max())),
+        )
         user_damping, item_damping = self._damping()
         self.baseline_ = fit_biases(train, user_damping, item_damping)
         self._fit(train, users=users)
@@ -99,9 +104,10 @@ class RecommenderModel(ABC, Generic[ConfigT]):
     def predict(
         self, user_ids: Any, item_ids: Any, *, n_neighbors: int | None = None
     ) -> np.ndarray:
-        """Predicted ratings for parallel arrays of raw ids, clipped to 1..5; unknown users or
-        items get the bias baseline, never NaN. ``n_neighbors`` overrides the configured
-        neighbour count after fitting (neighbourhood models reuse their similarities)."""
+        """Predicted ratings for parallel arrays of raw ids, clipped to the rating scale (1..5,
+        or 0.5..5 for half-star sets); unknown users or items get the bias baseline, never
+        NaN. ``n_neighbors`` overrides the configured neighbour count after fitting
+        (neighbourhood models reuse their similarities)."""
         self._check_fitted()
         users = self.ratings_.user_positions(np.atleast_1d(np.asarray(user_ids)))
         items = self.ratings_.item_positions(np.atleast_1d(np.asarray(item_ids)))
@@ -127,10 +133,9 @@ class RecommenderModel(ABC, Generic[ConfigT]):
             predictions[known] = self._predict_index(users[known], items[known], n_neighbors)
         return self._finish(predictions, fallback)
 
-    @staticmethod
-    def _finish(predictions: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    def _finish(self, predictions: np.ndarray, fallback: np.ndarray) -> np.ndarray:
         predictions = np.where(np.isfinite(predictions), predictions, fallback)
-        return np.clip(predictions, MIN_RATING, MAX_RATING)
+        return np.clip(predictions, *self.rating_range_)
 
     @abstractmethod
     def _predict_index(

@@ -115,11 +115,15 @@ def _user_table(train: Ratings, users: Any | None) -> tuple[np.ndarray | None, l
         if name not in names:
             continue
         raw = column(users, name)
+        missing = np.asarray(raw == None) | np.asarray(raw != raw)  # noqa: E711 (elementwise)
+        if missing.all():  # e.g. ml-10m and the CSV sets publish no demographics
+            continue
         values = (raw == "F").astype(np.float64) if name == "gender" else raw
         if name == "occupation":
             values = np.unique(raw.astype(str), return_inverse=True)[1].astype(np.float64)
         filled = np.full(train.n_users, np.nan)
-        filled[positions[known]] = np.asarray(values, dtype=np.float64)[known]
+        values = np.where(missing, np.nan, np.asarray(values, dtype=object)).astype(np.float64)
+        filled[positions[known]] = values[known]
         table.append(np.nan_to_num(filled, nan=float(np.nanmean(filled))))
         labels.append(f"user_{name}")
     return (np.column_stack(table), labels) if table else (None, [])

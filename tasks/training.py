@@ -67,7 +67,8 @@ class SweepTask(BaseModel):
 def prepare_training_set(dataset: str, version: str, lake_url: str) -> TrainingSet:
     """Check the curated version has ratings and folds; the reference the sweep tasks share."""
     ratings, _, _ = training_frames(lake_url, dataset, version)
-    folds = tuple(sorted(int(f) for f in ratings["test_fold"].unique()))
+    # fold 0 holds the ratings no fold tests (a temporal hold-out trains on them always)
+    folds = tuple(sorted(int(f) for f in ratings["test_fold"].unique() if f > 0))
     return TrainingSet(
         dataset=dataset,
         lake_url=lake_url,

@@ -404,16 +404,21 @@ def test_train_on_each_layout(
     scheme: str,
 ) -> None:
     from flows.train import train
+    from tasks.training import prepare_training_set
 
     monkeypatch.setenv("RECSYS_FOLD_SCHEME", scheme)
     loaded = transform_member(tmp_path, dataset, monkeypatch)
 
+    # the temporal hold-out has one test fold (fold 0 is never tested): default folds
+    folds = None if scheme == "temporal" else [1]
     champion = train(
         kinds=["kmeans_knn", "forest", "bias", "popularity"], n_clusters=[1, 2],
-        n_neighbors=[5], folds=[1], dataset_version=loaded.version,
+        n_neighbors=[5], folds=folds, dataset_version=loaded.version,
     )  # fmt: skip
 
     assert champion.version
+    training = prepare_training_set.fn(dataset, loaded.version, load_settings().resolved_lake_url)
+    assert training.folds == ((1,) if scheme == "temporal" else (1, 2, 3, 4, 5))
     served = read_table(
         database_url,
         "SELECT count(DISTINCT user_id) AS users FROM serving.recommendations WHERE dataset = %s",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pytest
 
 from recommender import BiasBaseline, GlobalMean, Ratings, fit_biases
@@ -49,3 +50,20 @@ def test_predictions_are_clipped(tiny: Ratings) -> None:
     model = BiasBaseline(user_damping=0.0, item_damping=0.0).fit(tiny)
     everything = model.predict(np.repeat([1, 2, 3, 4], 4), np.tile([10, 20, 30, 40], 4))
     assert everything.min() >= 1.0 and everything.max() <= 5.0
+
+
+def test_half_star_ratings_are_clipped_at_half_a_star() -> None:
+    # user 1 rates everything 0.5 and item 10 is rated 0.5 by all: undamped, the bias model
+    # predicts below 0.5 for (1, 10) = mean + user bias + item bias, clipped to 0.5 not 1.
+    frame = {"user_id": [1, 1, 2, 2, 3, 3], "item_id": [10, 20, 10, 20, 10, 20],
+             "rating": [0.5, 0.5, 0.5, 5.0, 0.5, 4.5]}  # fmt: skip
+    half = Ratings.from_frame(pl.DataFrame(frame))
+    model = BiasBaseline(user_damping=0.0, item_damping=0.0).fit(half)
+
+    lowest = model.predict([1], [10])[0]
+
+    assert model.rating_range_ == (0.5, 5.0)
+    assert lowest == pytest.approx(0.5)
+    assert BiasBaseline().fit(Ratings.from_frame(pl.DataFrame(
+        {"user_id": [1, 2], "item_id": [1, 1], "rating": [2.0, 3.0]}
+    ))).rating_range_ == (1.0, 5.0)  # fmt: skip

@@ -28,3 +28,15 @@ def test_training_means_leave_the_own_rating_out(tiny: Ratings) -> None:
     assert design[0, 1] == pytest.approx(3.5)
     served = model.features_.design(tiny.user_index[:1], tiny.item_index[:1], None)
     assert served[0, 1] == pytest.approx(4.0)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_demographics_that_are_all_missing_are_left_out(synthetic_folds: list) -> None:
+    # ml-10m and the CSV sets publish no demographics: the users frame has only nulls there
+    users = {"user_id": list(range(1, 41)), "age": [None] * 40,
+             "gender": [None] * 40, "occupation": [None, "a"] * 20}  # fmt: skip
+    model = RandomForestRatings(n_estimators=5, n_jobs=1).fit(synthetic_folds[0].train, users=users)
+
+    names = {name for name, _ in model.feature_importances_}
+    assert "user_occupation" in names
+    assert not {"user_age", "user_gender"} & names
