@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import numpy as np
@@ -120,7 +120,12 @@ class RecommenderModel(ABC, Generic[ConfigT]):
     ) -> dict[int, np.ndarray]:
         """``{k: predict(user_ids, item_ids, n_neighbors=k)}``; neighbourhood models compute all
         counts from one similarity matrix and one partial sort."""
-        return {k: self.predict(user_ids, item_ids, n_neighbors=k) for k in n_neighbors}
+        self._check_fitted()
+        users = self.ratings_.user_positions(np.atleast_1d(np.asarray(user_ids)))
+        items = self.ratings_.item_positions(np.atleast_1d(np.asarray(item_ids)))
+        if users.shape != items.shape:
+            raise ValueError("user_ids and item_ids must have the same length")
+        return self.predict_positions_for_neighbors(users, items, n_neighbors)
 
     def predict_positions(
         self, users: np.ndarray, items: np.ndarray, n_neighbors: int | None = None
@@ -132,6 +137,32 @@ class RecommenderModel(ABC, Generic[ConfigT]):
         if known.any():
             predictions[known] = self._predict_index(users[known], items[known], n_neighbors)
         return self._finish(predictions, fallback)
+
+    def predict_positions_for_neighbors(
+        self, users: np.ndarray, items: np.ndarray, n_neighbors: Sequence[int]
+    ) -> dict[int, np.ndarray]:
+        """:meth:`predict_positions` at every count of ``n_neighbors``."""
+        fallback = self.baseline_.predict(users, items)
+        known = (users >= 0) & (items >= 0)
+        counts = sorted({int(k) for k in n_neighbors})
+        index = (
+            self._predict_index_for_neighbors(users[known], items[known], counts)
+            if known.any()
+            else {}
+        )
+        results = {}
+        for k in counts:
+            predictions = fallback.copy()
+            if known.any():
+                predictions[known] = index[k]
+            results[k] = self._finish(predictions, fallback)
+        return results
+
+    def _predict_index_for_neighbors(
+        self, users: np.ndarray, items: np.ndarray, counts: Sequence[int]
+    ) -> dict[int, np.ndarray]:
+        """:meth:`_predict_index` per count; neighbourhood models serve all from one pass."""
+        return {k: self._predict_index(users, items, k) for k in counts}
 
     def _finish(self, predictions: np.ndarray, fallback: np.ndarray) -> np.ndarray:
         predictions = np.where(np.isfinite(predictions), predictions, fallback)
@@ -153,6 +184,22 @@ class RecommenderModel(ABC, Generic[ConfigT]):
         cols = np.tile(np.arange(n_items), len(users))
         return self.predict_positions(rows, cols, n_neighbors).reshape(len(users), n_items)
 
+    def _score_users_for_neighbors(
+        self, users: np.ndarray, counts: Sequence[int]
+    ) -> dict[int, np.ndarray]:
+        """:meth:`_score_users` per neighbour count; predicted ratings come from one pass."""
+        if type(self)._score_users is not RecommenderModel._score_users:
+            return {k: self._score_users(users, k) for k in counts}
+        return self._predicted_scores(users, counts)
+
+    def _predicted_scores(self, users: np.ndarray, counts: Sequence[int]) -> dict[int, np.ndarray]:
+        """The predicted rating of every item for each user, at each neighbour count."""
+        n_items = self.ratings_.n_items
+        rows = np.repeat(users, n_items)
+        cols = np.tile(np.arange(n_items), len(users))
+        predicted = self.predict_positions_for_neighbors(rows, cols, counts)
+        return {k: scores.reshape(len(users), n_items) for k, scores in predicted.items()}
+
     def recommend_positions(
         self,
         users: np.ndarray,
@@ -163,26 +210,56 @@ class RecommenderModel(ABC, Generic[ConfigT]):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``n`` unrated item positions and scores per user position, best first.
         Rows are padded with -1 / -inf when a user has fewer than ``n`` candidates."""
+        scored = self._top_unseen(
+            users, n, batch_size, [0], lambda batch: {0: self._score_users(batch, n_neighbors)}
+        )
+        return scored[0]
+
+    def recommend_positions_for_neighbors(
+        self, users: np.ndarray, n: int, n_neighbors: Sequence[int], *, batch_size: int = 256
+    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """:meth:`recommend_positions` at every neighbour count, scoring each batch once."""
+        counts = sorted({int(k) for k in n_neighbors})
+        return self._top_unseen(
+            users,
+            n,
+            batch_size,
+            counts,
+            lambda batch: self._score_users_for_neighbors(batch, counts),
+        )
+
+    def _top_unseen(
+        self,
+        users: np.ndarray,
+        n: int,
+        batch_size: int,
+        keys: Sequence[int],
+        score: Callable[[np.ndarray], dict[int, np.ndarray]],
+    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """For each key of ``score``'s scores, the top-``n`` unrated items of every user."""
         self._check_fitted()
         users = np.asarray(users, dtype=np.int64)
-        n_items = self.ratings_.n_items
-        width = min(n, n_items)
-        top = np.full((len(users), n), -1, dtype=np.int64)
-        top_scores = np.full((len(users), n), -np.inf)
+        width = min(n, self.ratings_.n_items)
+        results = {
+            key: (np.full((len(users), n), -1, np.int64), np.full((len(users), n), -np.inf))
+            for key in keys
+        }
         rated = self.ratings_.matrix
         for start in range(0, len(users), batch_size):
             batch = users[start : start + batch_size]
-            scores = np.array(self._score_users(batch, n_neighbors), dtype=np.float64)
             seen = rated[batch].toarray() != 0
-            scores[seen] = -np.inf
-            best = np.argpartition(-scores, width - 1, axis=1)[:, :width]
-            order = np.argsort(-np.take_along_axis(scores, best, axis=1), axis=1, kind="stable")
-            best = np.take_along_axis(best, order, axis=1)
-            best_scores = np.take_along_axis(scores, best, axis=1)
-            best[~np.isfinite(best_scores)] = -1
-            top[start : start + len(batch), :width] = best
-            top_scores[start : start + len(batch), :width] = best_scores
-        return top, top_scores
+            for key, batch_scores in score(batch).items():
+                top, top_scores = results[key]
+                scores = np.array(batch_scores, dtype=np.float64)
+                scores[seen] = -np.inf
+                best = np.argpartition(-scores, width - 1, axis=1)[:, :width]
+                order = np.argsort(-np.take_along_axis(scores, best, axis=1), axis=1, kind="stable")
+                best = np.take_along_axis(best, order, axis=1)
+                best_scores = np.take_along_axis(scores, best, axis=1)
+                best[~np.isfinite(best_scores)] = -1
+                top[start : start + len(batch), :width] = best
+                top_scores[start : start + len(batch), :width] = best_scores
+        return results
 
     def recommend(self, user_id: int, n: int = 10) -> list[tuple[int, float]]:
         """The ``n`` best items the user has not rated, as ``(item_id, score)`` best first.

@@ -109,7 +109,23 @@ def _ranking_metrics(
     ranked, relevant = _relevance(model.ratings_, fold.test)
     started = time.perf_counter()
     top, _ = model.recommend_positions(ranked, TOP_K, n_neighbors=n_neighbors)
-    seconds = time.perf_counter() - started
+    return _scored_top(model, top, relevant, time.perf_counter() - started)
+
+
+def _ranking_metrics_for_neighbors(
+    model: RecommenderModel[Any], fold: Fold, counts: Sequence[int]
+) -> dict[int, tuple[dict[str, float], float, int]]:
+    """:func:`_ranking_metrics` at every count, every user's items scored once."""
+    ranked, relevant = _relevance(model.ratings_, fold.test)
+    started = time.perf_counter()
+    tops = model.recommend_positions_for_neighbors(ranked, TOP_K, counts)
+    seconds = (time.perf_counter() - started) / len(tops)
+    return {k: _scored_top(model, top, relevant, seconds) for k, (top, _) in tops.items()}
+
+
+def _scored_top(
+    model: RecommenderModel[Any], top: np.ndarray, relevant: np.ndarray, seconds: float
+) -> tuple[dict[str, float], float, int]:
     hits = np.take_along_axis(relevant, np.maximum(top, 0), axis=1) & (top >= 0)
     scores = ranking_scores(hits, relevant.sum(axis=1), TOP_K).means()
     metrics = {
@@ -203,14 +219,13 @@ def evaluate_neighbor_sweep(
         else dict.fromkeys(counts)
     )
     predict_seconds = (time.perf_counter() - started) / len(counts)
-    shared = (
-        _ranking_metrics(model, fold, None, rank)
-        if not (rank and model.ranking_depends_on_neighbors)
-        else None
-    )
+    if rank and model.ranking_depends_on_neighbors:
+        rankings = _ranking_metrics_for_neighbors(model, fold, counts)
+    else:
+        rankings = dict.fromkeys(counts, _ranking_metrics(model, fold, None, rank))
     results = []
     for k in counts:
-        ranking, recommend_seconds, n_ranked = shared or _ranking_metrics(model, fold, k, rank)
+        ranking, recommend_seconds, n_ranked = rankings[k]
         results.append(
             FoldResult(
                 fold=fold.name,

@@ -331,22 +331,11 @@ class KMeansKNN(RecommenderModel[KMeansKNNConfig]):
             predictions[k] = base + design @ self._weights_for(k)
         return predictions
 
-    def predict_for_neighbors(
-        self, user_ids: Any, item_ids: Any, n_neighbors: Sequence[int]
+    def _predict_index_for_neighbors(
+        self, users: np.ndarray, items: np.ndarray, counts: Sequence[int]
     ) -> dict[int, np.ndarray]:
-        """Predictions for several neighbour counts from one similarity and one partial sort."""
-        self._check_fitted()
-        users = self.ratings_.user_positions(np.atleast_1d(np.asarray(user_ids)))
-        items = self.ratings_.item_positions(np.atleast_1d(np.asarray(item_ids)))
-        fallback = self.baseline_.predict(users, items)
-        known = (users >= 0) & (items >= 0)
-        blended = self._blend(users[known], items[known], list(n_neighbors))
-        results = {}
-        for k in n_neighbors:
-            predictions = fallback.copy()
-            predictions[known] = blended[k]
-            results[k] = self._finish(predictions, fallback)
-        return results
+        """Every count from one similarity and one partial sort."""
+        return self._blend(users, items, list(counts))
 
     @property
     def ranking_depends_on_neighbors(self) -> bool:
@@ -356,3 +345,11 @@ class KMeansKNN(RecommenderModel[KMeansKNNConfig]):
         if self.ranker_ is None:
             return super()._score_users(users, n_neighbors)
         return self.ranker_._score_users(users)
+
+    def _score_users_for_neighbors(
+        self, users: np.ndarray, counts: Sequence[int]
+    ) -> dict[int, np.ndarray]:
+        if self.ranker_ is None:
+            return self._predicted_scores(users, counts)
+        scores = self.ranker_._score_users(users)  # the ranker ignores the neighbour count
+        return dict.fromkeys(counts, scores)

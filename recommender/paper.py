@@ -4,6 +4,7 @@ their genres, users as mean rating per movie cluster, Pearson user KNN on those 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -80,6 +81,13 @@ class PaperKNN(RecommenderModel[PaperConfig]):
         average, weight = neighborhood_average(self.similarity_, self.lists_, items, users, [k])[k]
         # No positively correlated neighbour rated the item: leave it to the baseline.
         return np.where(weight > 0, average, np.nan)
+
+    def _predict_index_for_neighbors(
+        self, users: np.ndarray, items: np.ndarray, counts: Sequence[int]
+    ) -> dict[int, np.ndarray]:
+        """Every count from one partial sort of the neighbours."""
+        found = neighborhood_average(self.similarity_, self.lists_, items, users, counts)
+        return {k: np.where(weight > 0, average, np.nan) for k, (average, weight) in found.items()}
 
     @property
     def ranking_depends_on_neighbors(self) -> bool:
