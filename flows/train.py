@@ -53,8 +53,9 @@ def train(
     version = dataset_version or warehouse_version(settings.dataset)
     training = prepare_training_set(settings.dataset, version, settings.resolved_lake_url)
     units = sweep_tasks(
-        model_kinds, folds or list(training.folds), cluster_counts, neighbour_counts
-    )
+        model_kinds, folds or list(training.folds), cluster_counts, neighbour_counts,
+        side_by_side=settings.sweep_workers,
+    )  # fmt: skip
     futures = [evaluate_unit.submit(training, unit) for unit in units]
     records = [record for future in futures for record in future.result()]
     sweep = record_sweep(training, records, grid, selection_metric)

@@ -29,7 +29,7 @@ from recommender.config import ModelConfig, Param
 
 T = TypeVar("T")
 
-DEFAULT_MAX_ENTRIES = 16
+DEFAULT_MAX_ENTRIES = 32  # a five-fold sweep holds about four per fold
 DEFAULT_MAX_BYTES = 512 * 2**20
 
 

@@ -120,17 +120,29 @@ def fold_of(training: TrainingSet, fold: int) -> Fold:
 
 
 def sweep_tasks(
-    kinds: list[str], folds: list[int], n_clusters: list[int], n_neighbors: list[int]
+    kinds: list[str],
+    folds: list[int],
+    n_clusters: list[int],
+    n_neighbors: list[int],
+    side_by_side: int = 2,
 ) -> list[SweepTask]:
-    """Every (kind, fold[, cluster count]) unit of the sweep; neighbour counts go together."""
+    """Every (kind, fold[, cluster count]) unit of the sweep; neighbour counts go together.
+
+    Ordered for ``side_by_side`` workers: folds in groups of that many, cluster counts before
+    folds within a group, so the units running together fit different folds' shared
+    components (component cache) instead of one waiting for another, while only one group's
+    components need to stay cached.
+    """
+    groups = [folds[i : i + side_by_side] for i in range(0, len(folds), max(side_by_side, 1))]
     units = []
     for kind in kinds:
-        clusters: list[int | None] = list(n_clusters) if kind in CLUSTER_KINDS else [None]
+        clusters: list[int | None] = [*sorted(n_clusters)] if kind in CLUSTER_KINDS else [None]
         counts = tuple(sorted(n_neighbors)) if kind in NEIGHBOUR_KINDS else ()
         units += [
             SweepTask(kind=kind, fold=fold, n_clusters=k, n_neighbors=counts)
-            for fold in folds
+            for group in groups
             for k in clusters
+            for fold in group
         ]
     return units
 
