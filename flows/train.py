@@ -11,12 +11,13 @@ from prefect.artifacts import create_markdown_artifact
 from tasks.config import load_settings, prefect_environment, sweep_task_runner
 from tasks.sweep import (
     ChampionRecord,
+    open_experiment,
     promote_champion,
     record_sweep,
     summary_markdown,
     write_recommendations,
 )
-from tasks.training import evaluate_unit, prepare_training_set, sweep_tasks
+from tasks.training import evaluate_unit, prepare_training_set, sweep_diagnostics, sweep_tasks
 from tasks.warehouse import current_version, database_url, migrate
 
 ModelKind = Literal["kmeans_knn", "paper", "forest", "bias", "global_mean", "popularity"]
@@ -57,8 +58,12 @@ def train(
         side_by_side=settings.sweep_workers,
     )  # fmt: skip
     futures = [evaluate_unit.submit(training, unit) for unit in units]
+    # queued last: they take the worker that the sweep's last units leave idle
+    diagnostics = sweep_diagnostics.submit(training, cluster_counts, model_kinds)
+    experiment = open_experiment.submit(settings.resolved_mlflow_tracking_uri)
     records = [record for future in futures for record in future.result()]
-    sweep = record_sweep(training, records, grid, selection_metric)
+    experiment.result()  # the store is ready (or its error is raised here)
+    sweep = record_sweep(training, records, grid, selection_metric, diagnostics.result())
     champion = promote_champion(training, sweep)
     write_recommendations(training, champion, top_n)
     create_markdown_artifact(summary_markdown(sweep, champion), key="train-summary",

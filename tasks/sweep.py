@@ -10,7 +10,7 @@ from prefect import task
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict
 
-from recommender import PAPER_RMSE, RandomForestRatings, config_from_params
+from recommender import PAPER_RMSE, config_from_params
 from tasks import plots
 from tasks.caching import CONTENT
 from tasks.config import load_settings
@@ -31,9 +31,9 @@ from tasks.tracking import (
 )
 from tasks.training import (
     LOWER_IS_BETTER,
+    SweepDiagnostics,
     TrainingSet,
     best_configuration,
-    cluster_diagnostics,
     fit_on_all,
     sweep_table,
     top_n_for_every_user,
@@ -74,11 +74,23 @@ def run_tags(training: TrainingSet) -> dict[str, str]:
 
 
 @task(cache_policy=CONTENT, persist_result=True)
+def open_experiment(tracking_uri: str) -> str:
+    """The MLflow store at ``tracking_uri`` and its experiment, created if new: run beside the
+    sweep's last units, so that a fresh store's schema is not built on the critical path."""
+    settings = load_settings()
+    client = configure_mlflow(settings)
+    if client.tracking_uri != tracking_uri:
+        raise RuntimeError(f"MLflow is configured at {client.tracking_uri}, not {tracking_uri}")
+    return experiment_id(client, settings)
+
+
+@task(cache_policy=CONTENT, persist_result=True)
 def record_sweep(
     training: TrainingSet,
     records: list[dict[str, Any]],
     grid: dict[str, Any],
     metric: str,
+    diagnostics: SweepDiagnostics,
 ) -> SweepRecord:
     """The sweep in MLflow: a parent run, a nested run per configuration, plots, the table."""
     settings = load_settings()
@@ -88,7 +100,7 @@ def record_sweep(
     parent = start_sweep_run(client, experiment, tags, {**grid, "selection_metric": metric})
     log_configurations(client, experiment, parent, records, tags)
     table = sweep_table(records)
-    log_sweep_artifacts(client, parent, sweep_figures(training, table, grid), table)
+    log_sweep_artifacts(client, parent, sweep_figures(table, grid, diagnostics), table)
     best = best_configuration(records, metric)
     client.set_terminated(parent)
     get_run_logger().info("Sweep recorded as MLflow run %s; best by %s: %s", parent, metric, best)
@@ -96,16 +108,17 @@ def record_sweep(
 
 
 def sweep_figures(
-    training: TrainingSet, table: pl.DataFrame, grid: dict[str, Any]
+    table: pl.DataFrame, grid: dict[str, Any], diagnostics: SweepDiagnostics
 ) -> dict[str, Any]:
     """Heatmaps, elbow, cluster sizes, model comparison, forest importances."""
     figures: dict[str, Any] = {}
     if "kmeans_knn" in grid["kinds"]:
         figures["heatmap_rmse"] = plots.sweep_heatmap(table, "rmse", "kmeans_knn")
         figures["heatmap_ndcg_at_10"] = plots.sweep_heatmap(table, "ndcg_at_10", "kmeans_knn")
-    inertia, silhouettes, sizes = cluster_diagnostics(training, grid["n_clusters"])
-    figures["elbow"] = plots.elbow_plot(sorted(grid["n_clusters"]), inertia, silhouettes)
-    figures["cluster_sizes"] = plots.cluster_sizes_plot(sizes)
+    figures["elbow"] = plots.elbow_plot(
+        diagnostics.n_clusters, diagnostics.inertia, diagnostics.silhouettes
+    )
+    figures["cluster_sizes"] = plots.cluster_sizes_plot(diagnostics.sizes)
     best_per_kind = (
         table.sort("rmse", nulls_last=True)
         .group_by("kind", maintain_order=True)
@@ -118,10 +131,10 @@ def sweep_figures(
     figures["model_comparison"] = plots.model_comparison_plot(
         pl.concat([best_per_kind, reported], how="vertical_relaxed")
     )
-    if "forest" in grid["kinds"]:
-        forest = fit_on_all(training, config_from_params({"kind": "forest"}))
-        assert isinstance(forest, RandomForestRatings)
-        figures["forest_importances"] = plots.feature_importance_plot(forest.feature_importances_)
+    if diagnostics.forest_importances is not None:
+        figures["forest_importances"] = plots.feature_importance_plot(
+            diagnostics.forest_importances
+        )
     return figures
 
 

@@ -17,9 +17,11 @@ from pydantic import BaseModel, ConfigDict
 
 from recommender import (
     Fold,
+    RandomForestRatings,
     Ratings,
     RecommenderModel,
     build_model,
+    config_from_params,
     evaluate_fold,
     evaluate_neighbor_sweep,
     make_config,
@@ -264,3 +266,34 @@ def cluster_diagnostics(
         silhouettes.append(clusters.silhouette() if k > 1 else None)
         sizes[k] = np.bincount(clusters.labels_, minlength=k).tolist()
     return inertia, silhouettes, sizes
+
+
+class SweepDiagnostics(BaseModel):
+    """What the sweep's plots show beside the metrics: K-Means of users per cluster count,
+    and the Random Forest's feature importances (fit on every rating)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    n_clusters: list[int]
+    inertia: list[float]
+    silhouettes: list[float | None]
+    sizes: dict[int, list[int]]
+    forest_importances: list[tuple[str, float]] | None = None
+
+
+@task(cache_policy=CONTENT, persist_result=True)
+def sweep_diagnostics(
+    training: TrainingSet, n_clusters: list[int], kinds: list[str]
+) -> SweepDiagnostics:
+    """The elbow, silhouettes and cluster sizes, and (when the sweep has the forest) its
+    importances; a task of its own so that it runs beside the sweep's last units."""
+    inertia, silhouettes, sizes = cluster_diagnostics(training, n_clusters)
+    importances = None
+    if "forest" in kinds:
+        forest = fit_on_all(training, config_from_params({"kind": "forest"}))
+        assert isinstance(forest, RandomForestRatings)
+        importances = forest.feature_importances_
+    return SweepDiagnostics(
+        n_clusters=sorted(n_clusters), inertia=inertia, silhouettes=silhouettes, sizes=sizes,
+        forest_importances=importances,
+    )  # fmt: skip
