@@ -108,24 +108,25 @@ class RecommenderModel(ABC, Generic[ConfigT]):
         or 0.5..5 for half-star sets); unknown users or items get the bias baseline, never
         NaN. ``n_neighbors`` overrides the configured neighbour count after fitting
         (neighbourhood models reuse their similarities)."""
+        return self.predict_positions(*self._positions(user_ids, item_ids), n_neighbors)
+
+    def _positions(self, user_ids: Any, item_ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Row and column positions of raw ids in ``ratings_`` (-1 = unknown)."""
         self._check_fitted()
         users = self.ratings_.user_positions(np.atleast_1d(np.asarray(user_ids)))
         items = self.ratings_.item_positions(np.atleast_1d(np.asarray(item_ids)))
         if users.shape != items.shape:
             raise ValueError("user_ids and item_ids must have the same length")
-        return self.predict_positions(users, items, n_neighbors)
+        return users, items
 
     def predict_for_neighbors(
         self, user_ids: Any, item_ids: Any, n_neighbors: Sequence[int]
     ) -> dict[int, np.ndarray]:
         """``{k: predict(user_ids, item_ids, n_neighbors=k)}``; neighbourhood models compute all
         counts from one similarity matrix and one partial sort."""
-        self._check_fitted()
-        users = self.ratings_.user_positions(np.atleast_1d(np.asarray(user_ids)))
-        items = self.ratings_.item_positions(np.atleast_1d(np.asarray(item_ids)))
-        if users.shape != items.shape:
-            raise ValueError("user_ids and item_ids must have the same length")
-        return self.predict_positions_for_neighbors(users, items, n_neighbors)
+        return self.predict_positions_for_neighbors(
+            *self._positions(user_ids, item_ids), n_neighbors
+        )
 
     def predict_positions(
         self, users: np.ndarray, items: np.ndarray, n_neighbors: int | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
@@ -219,15 +220,42 @@ def postgres_server() -> Iterator[str]:
         server.cleanup()
 
 
-@pytest.fixture
-def database_url(recsys_env: Path, postgres_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh, empty database on the session server, set as RECSYS_DATABASE_URL."""
+def new_database(postgres_server: str, prefix: str = "test") -> str:
+    """A fresh, empty database on the session server; returns its URL."""
     import psycopg
     from psycopg.conninfo import make_conninfo
 
-    name = f"test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(postgres_server, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_conninfo(postgres_server, dbname=name)
+    return make_conninfo(postgres_server, dbname=name)
+
+
+@pytest.fixture
+def database_url(recsys_env: Path, postgres_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, empty database on the session server, set as RECSYS_DATABASE_URL."""
+    url = new_database(postgres_server)
     monkeypatch.setenv("RECSYS_DATABASE_URL", url)
     return url
+
+
+@contextlib.contextmanager
+def synthetic_project(
+    tmp_path_factory: pytest.TempPathFactory, postgres_server: str, name: str, size: Any, seed: int
+) -> Iterator[tuple[Path, str, Path]]:
+    """For a module's fixtures: a synthetic ml-100k-format folder of ``size``, and an
+    environment with only a fresh project home and database set; yields (home, database URL,
+    data folder)."""
+    from bench.synth import write_ml100k
+
+    root = tmp_path_factory.mktemp(name)
+    folder = write_ml100k(root / "ml-100k", size, seed=seed)
+    url = new_database(postgres_server, name)
+    with pytest.MonkeyPatch.context() as env:
+        prefixes = ("RECSYS_", "MLFLOW_", "THINGSBOARD_")
+        for variable in [v for v in os.environ if v.startswith(prefixes)]:
+            env.delenv(variable)
+        env.setenv("RECSYS_HOME", str(root / "home"))
+        env.setenv("RECSYS_DATABASE_URL", url)
+        env.chdir(root)
+        yield root / "home", url, folder

@@ -4,21 +4,17 @@ and telemetry to a loopback ThingsBoard through the outbox."""
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-from psycopg.conninfo import make_conninfo
 
-from bench.synth import SyntheticSize, write_ml100k
+from bench.synth import SyntheticSize
 from flows.ingest import ingest
 from flows.report import report
 from flows.train import train
@@ -28,6 +24,7 @@ from tasks.report import ReportRecord
 from tasks.thingsboard import dashboard_keys
 from tasks.tracking import configure_mlflow
 from tasks.warehouse import connect, read_table
+from tests.conftest import synthetic_project
 from tests.test_thingsboard import ADMIN, DASHBOARD, TOKEN, FakeThingsBoard, thingsboard
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -58,23 +55,13 @@ class Trained:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, postgres_server: str) -> Iterator[Trained]:
     """A project home with a synthetic dataset transformed and trained once."""
-    root = tmp_path_factory.mktemp("report")
-    folder = write_ml100k(root / "ml-100k", SMALL, seed=47)
-    name = f"report_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_conninfo(postgres_server, dbname=name)
-    with pytest.MonkeyPatch.context() as env:
-        for variable in [v for v in os.environ if v.startswith(("RECSYS_", "MLFLOW_", "THINGS"))]:
-            env.delenv(variable)
-        env.setenv("RECSYS_HOME", str(root / "home"))
-        env.setenv("RECSYS_DATABASE_URL", url)
-        env.chdir(root)
+    with synthetic_project(tmp_path_factory, postgres_server, "report", SMALL, 47) as project:
+        home, url, folder = project
         transform(raw=ingest(source=str(folder)))
         champion = train(**GRID)
         assert champion.sweep_run_id is not None
         run = mlflow_client().get_run(champion.sweep_run_id)
-        yield Trained(root / "home", url, champion.sweep_run_id, int(run.info.end_time))
+        yield Trained(home, url, champion.sweep_run_id, int(run.info.end_time))
 
 
 @pytest.fixture

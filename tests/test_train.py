@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +16,11 @@ from typing import Any
 
 import mlflow
 import polars as pl
-import psycopg
 import pytest
 from mlflow import MlflowClient
 from polars.testing import assert_frame_equal
-from psycopg.conninfo import make_conninfo
 
-from bench.synth import SyntheticSize, write_ml100k
+from bench.synth import SyntheticSize
 from flows.ingest import ingest
 from flows.train import train
 from flows.transform import transform
@@ -32,7 +29,7 @@ from tasks.lake import Lake
 from tasks.sweep import ChampionRecord
 from tasks.tracking import REGISTERED_MODEL, configure_mlflow, register_and_promote
 from tasks.warehouse import read_table
-from tests.conftest import task_run_states
+from tests.conftest import synthetic_project, task_run_states
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -56,21 +53,11 @@ class Trained:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, postgres_server: str) -> Iterator[Trained]:
     """A project home with a synthetic dataset transformed, then trained once."""
-    root = tmp_path_factory.mktemp("train")
-    folder = write_ml100k(root / "ml-100k", SMALL, seed=31)
-    name = f"train_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_conninfo(postgres_server, dbname=name)
-    with pytest.MonkeyPatch.context() as env:
-        for variable in [v for v in os.environ if v.startswith(("RECSYS_", "MLFLOW_"))]:
-            env.delenv(variable)
-        env.setenv("RECSYS_HOME", str(root / "home"))
-        env.setenv("RECSYS_DATABASE_URL", url)
-        env.chdir(root)
+    with synthetic_project(tmp_path_factory, postgres_server, "train", SMALL, 31) as project:
+        home, url, folder = project
         transform(raw=ingest(source=str(folder)))
         first = train(**GRID, return_state=True)
-        yield Trained(root / "home", url, first, first.result())
+        yield Trained(home, url, first, first.result())
 
 
 def client() -> MlflowClient:
