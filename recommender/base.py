@@ -167,7 +167,9 @@ class RecommenderModel(ABC, Generic[ConfigT]):
 
     def _finish(self, predictions: np.ndarray, fallback: np.ndarray) -> np.ndarray:
         predictions = np.where(np.isfinite(predictions), predictions, fallback)
-        return np.clip(predictions, *self.rating_range_)
+        # models pickled before rating_range_ existed were all fit on 1..5 stars
+        low, high = getattr(self, "rating_range_", (MIN_RATING, MAX_RATING))
+        return np.clip(predictions, low, high)
 
     @abstractmethod
     def _predict_index(

@@ -132,6 +132,12 @@ class Settings(BaseSettings):
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
+    @field_validator("thingsboard_device_token", "thingsboard_password", mode="after")
+    @classmethod
+    def _secret_or_none(cls, value: SecretStr | None) -> SecretStr | None:
+        """An empty value (``THINGSBOARD_DEVICE_TOKEN=`` in compose) means unset."""
+        return value if value is not None and value.get_secret_value().strip() else None
+
     @field_validator("movielens_md5", mode="after")
     @classmethod
     def _md5_or_none(cls, value: str | None) -> str | None:

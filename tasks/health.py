@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import psycopg
 import requests
@@ -104,7 +104,7 @@ def check_mlflow(settings: Settings) -> list[PartHealth]:
     from mlflow import MlflowClient
 
     uri = settings.resolved_mlflow_tracking_uri
-    endpoint = uri if settings.mlflow_tracking_uri else f"embedded ({uri})"
+    endpoint = _without_credentials(uri) if settings.mlflow_tracking_uri else f"embedded ({uri})"
     if settings.mlflow_tracking_uri is None:
         (settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
     elif urlparse(uri).scheme in {"http", "https"}:
@@ -249,6 +249,14 @@ def _server_version(url: str) -> str:
     with psycopg.connect(url, connect_timeout=int(TIMEOUT_SECONDS)) as conn:
         row = conn.execute("SHOW server_version").fetchone()
     return f"PostgreSQL {row[0] if row else '?'}"
+
+
+def _without_credentials(uri: str) -> str:
+    """``uri`` with any ``user:password@`` removed (an MLflow URI may carry them)."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def _database_endpoint(url: str) -> str:

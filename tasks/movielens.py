@@ -414,10 +414,17 @@ class Parsed:
     rejects: pl.DataFrame
 
 
-def read_lines(data: bytes, encoding: str) -> pl.DataFrame:
+def read_lines(data: bytes, encoding: str, file: str) -> pl.DataFrame:
     """Every non-blank line of ``data`` as ``raw`` text with its 1-based ``line`` number."""
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValidationError(
+            f"{file} line {line}: not {encoding} text (byte {data[error.start]:#04x})"
+        ) from None
     if encoding != "utf-8":
-        data = data.decode(encoding).encode("utf-8")
+        data = text.encode("utf-8")
     lines = pl.read_csv(
         io.BytesIO(data),
         has_header=False,
@@ -432,7 +439,7 @@ def read_lines(data: bytes, encoding: str) -> pl.DataFrame:
 
 def read_fields(data: bytes, spec: FileSpec) -> Parsed:
     """Split each line into the spec's string fields; lines with the wrong field count are rejected."""
-    lines = read_lines(data, spec.encoding)
+    lines = read_lines(data, spec.encoding, spec.name)
     parts = pl.col("raw").str.split(spec.separator)
     lines = lines.with_columns(parts.alias("parts"))
     count_ok = pl.col("parts").list.len() == len(spec.columns)
@@ -766,7 +773,9 @@ def fold_rule(dataset: str, scheme: str, seed: int) -> FoldRule:
 
 def read_csv_fields(data: bytes, spec: FileSpec) -> Parsed:
     """Fields of a CSV file with a header line; the header must name the spec's columns."""
-    lines = read_lines(data, spec.encoding).with_columns(pl.col("raw").str.strip_suffix("\r"))
+    lines = read_lines(data, spec.encoding, spec.name).with_columns(
+        pl.col("raw").str.strip_suffix("\r")
+    )
     header = lines.filter(pl.col("line") == 1)["raw"].to_list()
     expected = ",".join(spec.header)
     if header != [expected]:

@@ -23,8 +23,11 @@ from tasks.config import Settings, load_settings
 from tasks.thingsboard import (
     DeliveryReport,
     ThingsBoardDevice,
+    ThingsBoardUnavailable,
+    deliver_pending,
+    enqueue_all,
     provision,
-    report_to_thingsboard,
+    telemetry_messages,
     telemetry_values,
 )
 from tasks.tracking import CHAMPION, EXPERIMENT, REGISTERED_MODEL, configure_mlflow
@@ -364,8 +367,8 @@ def write_report(sweep_run_id: str | None = None) -> ReportRecord:
 
 @task(name="post-telemetry")
 def post_telemetry(record: ReportRecord) -> DeliveryReport | None:
-    """Queue the run's telemetry in the outbox and deliver everything pending; None (said
-    once) when ThingsBoard is not configured."""
+    """Queue the run's telemetry in the outbox and deliver everything pending; None when
+    ThingsBoard is not configured (said once) or cannot be reached (kept for the next run)."""
     logger = get_run_logger()
     settings = load_settings()
     if not settings.thingsboard_configured:
@@ -374,14 +377,15 @@ def post_telemetry(record: ReportRecord) -> DeliveryReport | None:
             " the report was written locally only"
         )
         return None
-    delivery = report_to_thingsboard(
-        database_url(settings),
-        thingsboard_device(settings),
-        record.ts_ms,
-        record.values,
-        record.attributes,
-        key=record.sweep_run_id,
-    )
+    url = database_url(settings)
+    # queued before anything talks to ThingsBoard: a login that fails loses nothing either
+    enqueue_all(url, telemetry_messages(record.ts_ms, record.values, record.attributes),
+                key=record.sweep_run_id)  # fmt: skip
+    try:
+        delivery = deliver_pending(url, thingsboard_device(settings))
+    except ThingsBoardUnavailable as error:
+        logger.warning("ThingsBoard unavailable (%s): the outbox keeps this run's telemetry", error)
+        return None
     if delivery.pending:
         logger.warning(
             "ThingsBoard: %d message(s) kept in ops.telemetry_outbox, sent on the next run",

@@ -310,13 +310,20 @@ def report_to_thingsboard(
     """Queue this run's telemetry and attributes, then deliver everything pending, oldest
     first: queued before sending, nothing is lost when ThingsBoard is down. A ``key`` (the
     training run) queues them once however often the same run is reported."""
+    enqueue_all(url, telemetry_messages(ts_ms, values, attributes), key)
+    return deliver_pending(url, device)
+
+
+def telemetry_messages(
+    ts_ms: int, values: Mapping[str, TelemetryValue], attributes: Mapping[str, Any]
+) -> list[tuple[OutboxKind, Mapping[str, Any]]]:
+    """A run's outbox messages: its telemetry at ``ts_ms``, then its attributes if any."""
     messages: list[tuple[OutboxKind, Mapping[str, Any]]] = [
         ("telemetry", {"ts": int(ts_ms), "values": dict(values)})
     ]
     if attributes:
         messages.append(("attributes", attributes))
-    enqueue_all(url, messages, key)
-    return deliver_pending(url, device)
+    return messages
 
 
 # --- the dashboard ------------------------------------------------------------------------------

@@ -159,6 +159,15 @@ def test_wrong_csv_header_fails_with_file_and_line(tmp_path: Path) -> None:
         curate("ml-20m", files)
 
 
+def test_bytes_that_are_not_the_files_encoding_name_the_file_and_line(tmp_path: Path) -> None:
+    files = member_files(tmp_path, "ml-latest-small")
+    data, line = with_line(files["movies.csv"], "999999,Caf\xe9 (1999),Drama", "latin-1")
+    files["movies.csv"] = data
+
+    with pytest.raises(ValidationError, match=rf"movies\.csv line {line}: not utf-8 text"):
+        curate("ml-latest-small", files)
+
+
 # --- bad rows are rejected with their file, line, field and reason ------------------------------
 @pytest.mark.parametrize(
     ("dataset", "file", "line", "field", "reason"),

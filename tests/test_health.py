@@ -119,6 +119,18 @@ def test_mlflow_server_that_is_down_fails_fast(
     assert results["mlflow tracking"].reason == "unreachable: connection refused"
 
 
+def test_mlflow_credentials_in_the_uri_are_not_shown(
+    recsys_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = closed_port_url()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", plain.replace("http://", "http://mlflow:s3cr3t@"))
+
+    results = check_mlflow(load_settings())
+
+    assert all("s3cr3t" not in f"{r.endpoint} {r.reason}" for r in results)
+    assert results[0].endpoint == plain
+
+
 # --- Prefect ----------------------------------------------------------------------------------
 @pytest.mark.usefixtures("prefect_harness")
 def test_ephemeral_prefect_api_is_checked_and_no_pool_is_expected(recsys_env: Path) -> None:

@@ -4,6 +4,7 @@ and telemetry to a loopback ThingsBoard through the outbox."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,3 +227,29 @@ def test_tenant_login_provisions_the_device_and_dashboard_once(
     assert len(thingsboard.dashboards) == 1
     assert [kind for kind, _ in thingsboard.received] == ["telemetry", "attributes"]
     assert thingsboard.telemetry()[0]["ts"] == first.ts_ms
+
+
+def test_tenant_login_failing_keeps_the_telemetry_for_the_next_run(
+    trained: Trained,
+    empty_outbox: str,
+    thingsboard: FakeThingsBoard,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on: ThingsBoard still starting
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv("THINGSBOARD_URL", closed)
+    monkeypatch.setenv("THINGSBOARD_USERNAME", ADMIN[0])
+    monkeypatch.setenv("THINGSBOARD_PASSWORD", ADMIN[1])
+    monkeypatch.setenv("THINGSBOARD_DEVICE_TOKEN", "")  # compose passes it empty: unset
+
+    down = report(return_state=True)
+
+    assert down.is_completed()
+    assert outbox_state(trained.database_url) == [("telemetry", False), ("attributes", False)]
+
+    monkeypatch.setenv("THINGSBOARD_URL", thingsboard.url)
+    report()
+
+    assert [kind for kind, _ in thingsboard.received] == ["telemetry", "attributes"]
+    assert outbox_state(trained.database_url) == [("telemetry", True), ("attributes", True)]
