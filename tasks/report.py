@@ -30,7 +30,7 @@ from tasks.thingsboard import (
     telemetry_messages,
     telemetry_values,
 )
-from tasks.tracking import CHAMPION, EXPERIMENT, REGISTERED_MODEL, configure_mlflow
+from tasks.tracking import CHAMPION, EXPERIMENT, REGISTERED_MODEL, alias_for, configure_mlflow
 from tasks.training import LOWER_IS_BETTER, METRICS
 from tasks.warehouse import database_url, export_frame, migrate, table_counts
 
@@ -135,10 +135,10 @@ def latest_sweep(client: MlflowClient, dataset: str, run_id: str | None = None) 
     )
 
 
-def champion_summary(client: MlflowClient) -> ChampionSummary | None:
-    """The registered champion's version, parameters and cross-validated metrics."""
+def champion_summary(client: MlflowClient, dataset: str) -> ChampionSummary | None:
+    """The dataset's champion: its version, parameters and cross-validated metrics."""
     try:
-        version = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
+        version = client.get_model_version_by_alias(REGISTERED_MODEL, alias_for(CHAMPION, dataset))
     except MlflowException:
         return None
     run = client.get_run(str(version.run_id))
@@ -240,7 +240,8 @@ def report_markdown(
         "",
     ]
     if champion is None:
-        lines.append(f"No version of `{REGISTERED_MODEL}` holds the alias `{CHAMPION}` yet.")
+        alias = alias_for(CHAMPION, sweep.dataset)
+        lines.append(f"No version of `{REGISTERED_MODEL}` holds the alias `{alias}` yet.")
     else:
         lines += [
             f"`{REGISTERED_MODEL}` version {champion.version} "
@@ -310,7 +311,7 @@ def write_report_folder(
         if table != "movielens.folds"
     }
     stars = rating_counts(frames["ratings"])
-    champion = champion_summary(client)
+    champion = champion_summary(client, sweep.dataset)
     folder = settings.resolved_reports_dir / sweep.folder_name
     folder.mkdir(parents=True, exist_ok=True)
     images = [

@@ -157,7 +157,7 @@ def promote_champion(training: TrainingSet, sweep: SweepRecord) -> ChampionRecor
     value = float(sweep.best["metrics"][sweep.metric])
     champion = register_and_promote(client, run_id, model_uri, sweep.metric, value, tags)
     lake_uri = export_to_lake(Lake.from_settings(settings, training.lake_url), champion, sweep.best)
-    current = current_champion(client) or champion.version  # set just above, never absent
+    current = current_champion(client, training.dataset) or champion.version  # set above
     logger.info(
         "Registered %s version %s as %s (%s %.4f); champion is version %s",
         REGISTERED_MODEL, champion.version, champion.alias, sweep.metric, value, current,

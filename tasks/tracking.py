@@ -35,6 +35,7 @@ from tasks.training import LOWER_IS_BETTER, METRICS
 EXPERIMENT = "movielens-recommender"
 REGISTERED_MODEL = "movielens-recommender"
 CHAMPION, CHALLENGER = "champion", "challenger"
+REFERENCE_DATASET = "ml-100k"  # its champion is plain ``@champion``
 REPO = Path(__file__).resolve().parents[1]
 SERVING_MODEL = REPO / "tasks" / "serving_model.py"
 LIBRARY = REPO / "recommender"
@@ -202,6 +203,12 @@ SIGNATURE = ModelSignature(
 )
 
 
+def alias_for(role: str, dataset: str) -> str:
+    """``champion``/``challenger`` of the reference dataset, ``champion-ml-1m`` of others:
+    models of different datasets (other users, items and rating scales) never compete."""
+    return role if dataset == REFERENCE_DATASET else f"{role}-{dataset}"
+
+
 def register_and_promote(
     client: MlflowClient,
     run_id: str,
@@ -210,21 +217,27 @@ def register_and_promote(
     value: float,
     tags: dict[str, str],
 ) -> Champion:
-    """Register the model; it becomes ``champion`` only if it beats the current champion."""
+    """Register the model; it becomes its dataset's champion (``tags["dataset"]``, default the
+    reference set) only if it beats that dataset's current champion."""
+    dataset = tags.get("dataset", REFERENCE_DATASET)
     registered = mlflow.register_model(
         model_uri, REGISTERED_MODEL, tags={**tags, f"cv_{metric}": str(value)}
     )
     version = str(registered.version)
-    alias = CHAMPION if beats_champion(client, metric, value) else CHALLENGER
+    role = CHAMPION if beats_champion(client, metric, value, dataset) else CHALLENGER
+    alias = alias_for(role, dataset)
     client.set_registered_model_alias(REGISTERED_MODEL, alias, version)
     client.set_model_version_tag(REGISTERED_MODEL, version, "selection_metric", metric)
     return Champion(version, alias, run_id, f"models:/{REGISTERED_MODEL}/{version}", metric, value)
 
 
-def beats_champion(client: MlflowClient, metric: str, value: float) -> bool:
-    """True when there is no champion, or it has no ``metric`` figure, or ``value`` is better."""
+def beats_champion(
+    client: MlflowClient, metric: str, value: float, dataset: str = REFERENCE_DATASET
+) -> bool:
+    """True when the dataset has no champion, or it has no ``metric`` figure, or ``value`` is
+    better."""
     try:
-        current = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
+        current = client.get_model_version_by_alias(REGISTERED_MODEL, alias_for(CHAMPION, dataset))
     except MlflowException:
         return True
     figure = current.tags.get(f"cv_{metric}")
@@ -233,9 +246,11 @@ def beats_champion(client: MlflowClient, metric: str, value: float) -> bool:
     return value < float(figure) if metric in LOWER_IS_BETTER else value > float(figure)
 
 
-def current_champion(client: MlflowClient) -> str | None:
+def current_champion(client: MlflowClient, dataset: str = REFERENCE_DATASET) -> str | None:
+    """The version holding the dataset's champion alias, if any."""
     try:
-        return str(client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION).version)
+        alias = alias_for(CHAMPION, dataset)
+        return str(client.get_model_version_by_alias(REGISTERED_MODEL, alias).version)
     except MlflowException:
         return None
 

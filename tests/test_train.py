@@ -27,7 +27,12 @@ from flows.transform import transform
 from tasks.config import load_settings
 from tasks.lake import Lake
 from tasks.sweep import ChampionRecord
-from tasks.tracking import REGISTERED_MODEL, configure_mlflow, register_and_promote
+from tasks.tracking import (
+    REGISTERED_MODEL,
+    configure_mlflow,
+    current_champion,
+    register_and_promote,
+)
 from tasks.warehouse import read_table
 from tests.conftest import synthetic_project, task_run_states
 
@@ -204,6 +209,20 @@ def test_alias_moves_only_on_improvement(trained: Trained) -> None:
     assert better.alias == "champion"
     champion = mlflow_client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
     assert str(champion.version) == better.version
+
+
+def test_another_datasets_model_never_competes_with_this_champion(trained: Trained) -> None:
+    mlflow_client = client()
+    before = mlflow_client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version
+    model_uri = f"models:/{REGISTERED_MODEL}/1"
+    # far better on its own (easier) dataset: it must not take ml-100k's alias
+    other = register_and_promote(
+        mlflow_client, trained.champion.run_id, model_uri, "rmse", 0.5, {"dataset": "ml-1m"}
+    )
+
+    assert other.alias == "champion-ml-1m"
+    assert mlflow_client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version == before
+    assert current_champion(mlflow_client, "ml-1m") == other.version
 
 
 def free_port() -> int:
