@@ -1,4 +1,4 @@
-"""Cache policies shared by the tasks: content inputs + task source + the code version."""
+"""Cache policies shared by the tasks: content inputs + task source + the code they run."""
 
 from __future__ import annotations
 
@@ -14,9 +14,18 @@ from prefect.context import TaskRunContext
 
 PACKAGE = "movielens-recommender"
 ROOT = Path(__file__).resolve().parents[1]
-# What a task's result depends on beyond its own source: the model library (its defaults
-# decide what a sweep unit fits), the task helpers, and the warehouse schema.
-CODE = ("recommender/**/*.py", "tasks/**/*.py", "deployments/sql/*.sql")
+# What a result depends on beyond its task's own source, so that changing it computes anew
+# instead of returning a stale result, and changing anything else (the report, the health
+# check, ThingsBoard) keeps every cache.
+SHARED_CODE = ("tasks/config.py", "tasks/lake.py", "tasks/caching.py")
+DATA_CODE = (
+    *SHARED_CODE, "tasks/datasets.py", "tasks/movielens.py", "tasks/features.py",
+    "tasks/warehouse.py", "deployments/sql/*.sql",
+)  # fmt: skip
+MODEL_CODE = (
+    *SHARED_CODE, "recommender/**/*.py", "tasks/training.py", "tasks/sweep.py",
+    "tasks/tracking.py", "tasks/serving_model.py",
+)  # fmt: skip
 
 
 def package_version() -> str:
@@ -26,19 +35,20 @@ def package_version() -> str:
         return "0+unknown"
 
 
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """The package version plus a digest of the library, task and schema sources."""
+@lru_cache(maxsize=8)
+def code_version(patterns: tuple[str, ...] = MODEL_CODE) -> str:
+    """The package version plus a digest of the source files ``patterns`` match."""
     digest = hashlib.sha256()
-    for path in sorted({p for pattern in CODE for p in ROOT.glob(pattern)}):
+    for path in sorted({p for pattern in patterns for p in ROOT.glob(pattern)}):
         digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
     return f"{package_version()}+{digest.hexdigest()[:16]}"
 
 
 @dataclass
 class CodeVersion(CachePolicy):
-    """Keys a result to the code that computed it: a changed model default or helper, not
-    only the task's own source, computes anew instead of returning a stale result."""
+    """Keys a result to the code that computed it (the files ``patterns`` match)."""
+
+    patterns: tuple[str, ...] = MODEL_CODE
 
     def compute_key(
         self,
@@ -47,8 +57,10 @@ class CodeVersion(CachePolicy):
         flow_parameters: dict[str, Any],
         **kwargs: Any,
     ) -> str | None:
-        return f"{PACKAGE}=={code_version()}"
+        return f"{PACKAGE}=={code_version(self.patterns)}"
 
 
-# Inputs are small typed references carrying content hashes, so this is a content key.
-CONTENT = INPUTS + TASK_SOURCE + CodeVersion()
+# Inputs are small typed references carrying content hashes, so these are content keys:
+# DATA_CONTENT for ingest, curation, features and loads; CONTENT for the models and MLflow.
+DATA_CONTENT = INPUTS + TASK_SOURCE + CodeVersion(patterns=DATA_CODE)
+CONTENT = INPUTS + TASK_SOURCE + CodeVersion(patterns=MODEL_CODE)

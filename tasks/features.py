@@ -14,7 +14,7 @@ from prefect import task
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict
 
-from tasks.caching import CONTENT
+from tasks.caching import DATA_CONTENT
 from tasks.config import load_settings
 from tasks.lake import Lake
 from tasks.movielens import CuratedDataset
@@ -183,7 +183,7 @@ class FeatureSet(BaseModel):
         }
 
 
-@task(cache_policy=CONTENT, persist_result=True)
+@task(cache_policy=DATA_CONTENT, persist_result=True)
 def build_features(curated: CuratedDataset) -> FeatureSet:
     """Item and user features from every rating of the curated version, stored in the lake."""
     lake = Lake.from_settings(load_settings(), curated.lake_url)

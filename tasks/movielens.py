@@ -32,7 +32,7 @@ from prefect.states import State
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict
 
-from tasks.caching import CONTENT
+from tasks.caching import DATA_CONTENT
 from tasks.config import load_settings
 from tasks.datasets import ML1M_AGE_GROUPS, ML1M_OCCUPATIONS, Layout, MovieLensSet, movielens_set
 from tasks.lake import CHUNK_BYTES, Lake
@@ -121,7 +121,9 @@ class RawDataset(BaseModel):
 def resolve_source(location: str, expected_md5: str | None) -> MovieLensSource:
     """Classify ``location`` (URL, local zip, local folder) and fingerprint its content."""
     if urlparse(location).scheme in {"http", "https"}:
-        fingerprint = _sha256_text(f"{location}\n{expected_md5 or ''}")
+        # No checksum pins the archive (ml-latest is regenerated): fetch it anew once a day.
+        pin = expected_md5 or f"unpinned {datetime.now(UTC).date().isoformat()}"
+        fingerprint = _sha256_text(f"{location}\n{pin}")
         return MovieLensSource(
             kind=SourceKind.URL,
             location=location,
@@ -178,7 +180,7 @@ def _is_transient(task: object, task_run: object, state: State[Any]) -> bool:
 
 
 @task(
-    cache_policy=CONTENT,
+    cache_policy=DATA_CONTENT,
     persist_result=True,
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=1),
@@ -275,7 +277,7 @@ def check_zip(path: Path, label: str) -> None:
 
 
 # --- storing in the lake ----------------------------------------------------------------------
-@task(cache_policy=CONTENT, persist_result=True)
+@task(cache_policy=DATA_CONTENT, persist_result=True)
 def store_raw_files(archive: FetchedArchive, lake_url: str, dataset: str) -> RawDataset:
     """Copy every file of the archive to ``raw/<dataset>/<sha256>/`` and write the manifest."""
     logger = get_run_logger()
@@ -1148,7 +1150,7 @@ def files_to_parse(raw: RawDataset) -> list[str]:
     return [f.file for f in raw.files if f.file in member.parsed_files]
 
 
-@task(cache_policy=CONTENT + FoldSettings(), persist_result=True)
+@task(cache_policy=DATA_CONTENT + FoldSettings(), persist_result=True)
 def curate_dataset(raw: RawDataset, max_rejects: int) -> CuratedDataset:
     """Parse and validate the raw files; write curated Parquet, and every bad row to rejects/."""
     logger = get_run_logger()

@@ -1,4 +1,4 @@
-"""The code version in every content cache key follows the library and task sources."""
+"""The code version in the content cache keys follows the code each kind of task runs."""
 
 from __future__ import annotations
 
@@ -8,44 +8,62 @@ from pathlib import Path
 import pytest
 
 from tasks import caching
+from tasks.caching import DATA_CODE, MODEL_CODE
+
+FILES = (
+    "recommender/knn.py", "tasks/training.py", "tasks/movielens.py", "tasks/config.py",
+    "tasks/report.py", "deployments/sql/V001.sql", "README.md",
+)  # fmt: skip
 
 
 @pytest.fixture
 def source_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    for name in ("recommender/knn.py", "tasks/training.py", "deployments/sql/V001.sql"):
+    for name in FILES:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(f"# {name}\n")
-    (tmp_path / "README.md").write_text("docs\n")
     monkeypatch.setattr(caching, "ROOT", tmp_path)
     caching.code_version.cache_clear()
     yield tmp_path
     caching.code_version.cache_clear()
 
 
-def versions_after(tree: Path, name: str, text: str) -> tuple[str, str]:
-    before = caching.code_version()
-    (tree / name).write_text(text)
+def changes(tree: Path, name: str, patterns: tuple[str, ...]) -> bool:
+    """Whether editing ``name`` changes the code version over ``patterns``."""
+    before = caching.code_version(patterns)
+    (tree / name).write_text("changed = True\n")
     caching.code_version.cache_clear()
-    return before, caching.code_version()
+    return caching.code_version(patterns) != before
 
 
 @pytest.mark.parametrize(
-    "name", ["recommender/knn.py", "tasks/training.py", "deployments/sql/V001.sql"]
+    ("name", "model", "data"),
+    [
+        ("recommender/knn.py", True, False),  # a model default: the sweep recomputes
+        ("recommender/new_model.py", True, False),
+        ("tasks/training.py", True, False),
+        ("tasks/movielens.py", False, True),  # parsing: ingest and curation recompute
+        ("deployments/sql/V001.sql", False, True),
+        ("tasks/config.py", True, True),
+        ("tasks/report.py", False, False),  # the report reads results, keeps every cache
+        ("README.md", False, False),
+    ],
 )
-def test_a_changed_source_changes_the_code_version(source_tree: Path, name: str) -> None:
-    before, after = versions_after(source_tree, name, "n_estimators = 40\n")
-
-    assert before != after
-    assert after.startswith(caching.package_version() + "+")
-
-
-def test_docs_do_not_change_the_code_version(source_tree: Path) -> None:
-    before, after = versions_after(source_tree, "README.md", "other docs\n")
-
-    assert before == after
+def test_each_kind_of_task_follows_its_own_code(
+    source_tree: Path, name: str, model: bool, data: bool
+) -> None:
+    assert changes(source_tree, name, MODEL_CODE) is model
+    (source_tree / name).write_text(f"# {name}\n")  # back to the original
+    caching.code_version.cache_clear()
+    assert changes(source_tree, name, DATA_CODE) is data
 
 
-def test_a_new_library_module_changes_the_code_version(source_tree: Path) -> None:
-    before, after = versions_after(source_tree, "recommender/new_model.py", "x = 1\n")
+def test_the_version_names_the_package(source_tree: Path) -> None:
+    assert caching.code_version(MODEL_CODE).startswith(caching.package_version() + "+")
 
-    assert before != after
+
+def test_the_policies_key_on_their_own_code() -> None:
+    [data] = [p for p in caching.DATA_CONTENT.policies if isinstance(p, caching.CodeVersion)]
+    [model] = [p for p in caching.CONTENT.policies if isinstance(p, caching.CodeVersion)]
+
+    assert data.patterns == DATA_CODE and model.patterns == MODEL_CODE
+    assert data.key_storage is None and model.key_storage is None

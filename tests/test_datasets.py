@@ -4,6 +4,7 @@ without official ones."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -178,3 +179,23 @@ def test_version_changes_with_the_fold_rule_only_off_ml100k() -> None:
 
     assert len(versions) == 3
     assert dataset_version(raw) == dataset_version(raw, FoldRule("official"))
+
+
+def test_an_unpinned_archive_url_is_fetched_anew_each_day(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tasks.movielens as movielens
+
+    url = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
+    today = movielens.resolve_source(url, None).fingerprint
+    pinned = movielens.resolve_source(url, "0" * 32).fingerprint
+
+    class Tomorrow(movielens.datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return movielens.datetime(2999, 1, 2, tzinfo=tz)
+
+    monkeypatch.setattr(movielens, "datetime", Tomorrow)
+
+    assert movielens.resolve_source(url, None).fingerprint != today
+    assert movielens.resolve_source(url, "0" * 32).fingerprint == pinned
