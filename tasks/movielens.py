@@ -418,25 +418,32 @@ class Parsed:
 
 def read_lines(data: bytes, encoding: str, file: str) -> pl.DataFrame:
     """Every non-blank line of ``data`` as ``raw`` text with its 1-based ``line`` number."""
+    if encoding != "utf-8":
+        data = _decoded(data, encoding, file).encode("utf-8")
     try:
-        text = data.decode(encoding)
+        lines = pl.read_csv(
+            io.BytesIO(data),
+            has_header=False,
+            separator="\x1f",
+            quote_char=None,
+            schema={"raw": pl.String},
+        ).with_row_index("line", offset=1)
+    except pl.exceptions.ComputeError:
+        _decoded(data, "utf-8", file)  # Polars does not say where: name the file and line
+        raise
+    return lines.with_columns(pl.col("line").cast(pl.Int64)).filter(
+        pl.col("raw").is_not_null() & (pl.col("raw").str.strip_chars() != "")
+    )
+
+
+def _decoded(data: bytes, encoding: str, file: str) -> str:
+    try:
+        return data.decode(encoding)
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
         raise ValidationError(
             f"{file} line {line}: not {encoding} text (byte {data[error.start]:#04x})"
         ) from None
-    if encoding != "utf-8":
-        data = text.encode("utf-8")
-    lines = pl.read_csv(
-        io.BytesIO(data),
-        has_header=False,
-        separator="\x1f",
-        quote_char=None,
-        schema={"raw": pl.String},
-    ).with_row_index("line", offset=1)
-    return lines.with_columns(pl.col("line").cast(pl.Int64)).filter(
-        pl.col("raw").is_not_null() & (pl.col("raw").str.strip_chars() != "")
-    )
 
 
 def read_fields(data: bytes, spec: FileSpec) -> Parsed:

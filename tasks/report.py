@@ -12,7 +12,6 @@ from typing import Any
 
 import polars as pl
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict
@@ -30,7 +29,14 @@ from tasks.thingsboard import (
     telemetry_messages,
     telemetry_values,
 )
-from tasks.tracking import CHAMPION, EXPERIMENT, REGISTERED_MODEL, alias_for, configure_mlflow
+from tasks.tracking import (
+    CHAMPION,
+    EXPERIMENT,
+    REGISTERED_MODEL,
+    alias_for,
+    champion_model_version,
+    configure_mlflow,
+)
 from tasks.training import LOWER_IS_BETTER, METRICS
 from tasks.warehouse import database_url, export_frame, migrate, table_counts
 
@@ -137,9 +143,8 @@ def latest_sweep(client: MlflowClient, dataset: str, run_id: str | None = None) 
 
 def champion_summary(client: MlflowClient, dataset: str) -> ChampionSummary | None:
     """The dataset's champion: its version, parameters and cross-validated metrics."""
-    try:
-        version = client.get_model_version_by_alias(REGISTERED_MODEL, alias_for(CHAMPION, dataset))
-    except MlflowException:
+    version = champion_model_version(client, dataset)
+    if version is None:
         return None
     run = client.get_run(str(version.run_id))
     return ChampionSummary(
@@ -199,13 +204,15 @@ def report_markdown(
     counts: dict[str, int],
     stars: dict[float, int],
     images: list[str],
+    by_family: dict[str, dict[str, float | None]],
     top: int = 10,
 ) -> str:
-    """The report's tables: dataset, models by family, best configurations, champion."""
+    """The report's tables: dataset, models by family (``family_metrics``), best
+    configurations, champion."""
     table = sweep.table()
     metric = sweep.selection_metric
     families = pl.DataFrame(
-        [{"model": family, **metrics} for family, metrics in family_metrics(table, metric).items()]
+        [{"model": family, **metrics} for family, metrics in by_family.items()]
         + [{"model": "paper (reported)", "rmse": PAPER_RMSE}],
         infer_schema_length=None,
     )
@@ -318,7 +325,8 @@ def write_report_folder(
         plots.save_figure(figure, folder / f"{name}.png").name
         for name, figure in eda_figures(frames).items()
     ] + copy_sweep_plots(client, sweep.run_id, folder)
-    markdown = report_markdown(sweep, champion, counts, stars, images)
+    by_family = family_metrics(sweep.table(), sweep.selection_metric)
+    markdown = report_markdown(sweep, champion, counts, stars, images, by_family)
     (folder / "report.md").write_text(markdown)
     (folder / "sweep.csv").write_text(sweep.table_csv)
     dataset_counts: dict[str, int] = {
@@ -331,9 +339,7 @@ def write_report_folder(
         sweep_run_id=sweep.run_id,
         ts_ms=sweep.ended_ms,
         champion_version=champion.version if champion else None,
-        values=telemetry_values(
-            family_metrics(sweep.table(), sweep.selection_metric), stars, dataset_counts
-        ),
+        values=telemetry_values(by_family, stars, dataset_counts),
         attributes=champion_attributes(sweep, champion),
     )
 

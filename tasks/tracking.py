@@ -22,6 +22,7 @@ import polars as pl
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
@@ -231,28 +232,32 @@ def register_and_promote(
     return Champion(version, alias, run_id, f"models:/{REGISTERED_MODEL}/{version}", metric, value)
 
 
+def champion_model_version(
+    client: MlflowClient, dataset: str = REFERENCE_DATASET
+) -> ModelVersion | None:
+    """The registered version holding the dataset's champion alias, if any."""
+    try:
+        return client.get_model_version_by_alias(REGISTERED_MODEL, alias_for(CHAMPION, dataset))
+    except MlflowException:
+        return None
+
+
 def beats_champion(
     client: MlflowClient, metric: str, value: float, dataset: str = REFERENCE_DATASET
 ) -> bool:
     """True when the dataset has no champion, or it has no ``metric`` figure, or ``value`` is
     better."""
-    try:
-        current = client.get_model_version_by_alias(REGISTERED_MODEL, alias_for(CHAMPION, dataset))
-    except MlflowException:
-        return True
-    figure = current.tags.get(f"cv_{metric}")
+    current = champion_model_version(client, dataset)
+    figure = current.tags.get(f"cv_{metric}") if current is not None else None
     if figure is None:
         return True
     return value < float(figure) if metric in LOWER_IS_BETTER else value > float(figure)
 
 
 def current_champion(client: MlflowClient, dataset: str = REFERENCE_DATASET) -> str | None:
-    """The version holding the dataset's champion alias, if any."""
-    try:
-        alias = alias_for(CHAMPION, dataset)
-        return str(client.get_model_version_by_alias(REGISTERED_MODEL, alias).version)
-    except MlflowException:
-        return None
+    """The version number holding the dataset's champion alias, if any."""
+    current = champion_model_version(client, dataset)
+    return str(current.version) if current is not None else None
 
 
 def export_to_lake(lake: Lake, champion: Champion, summary: dict[str, Any]) -> str:
