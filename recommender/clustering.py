@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import numpy as np
-from sklearn.cluster import KMeans
+from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import silhouette_score
 from sklearn.utils.extmath import randomized_svd
@@ -21,26 +21,39 @@ ClusterOf = Literal["users", "items"]
 ClusterFeatures = Literal["residuals", "ratings", "rated", "genres"]
 
 
-def kmeans(features: np.ndarray, n_clusters: int, seed: int = 0, n_init: int = 3) -> KMeans:
-    """A fitted scikit-learn K-Means (k-means++ init, fixed seed for determinism)."""
-    n_clusters = min(n_clusters, len(features))
+MINIBATCH_ROWS = 50_000
+"""Above this many rows K-Means runs on mini-batches (scikit-learn's ``MiniBatchKMeans``)."""
+
+
+def kmeans(
+    features: Any, n_clusters: int, seed: int = 0, n_init: int = 3
+) -> KMeans | MiniBatchKMeans:
+    """A fitted scikit-learn K-Means (k-means++ init, fixed seed for determinism); on more
+    than :data:`MINIBATCH_ROWS` rows, ``MiniBatchKMeans``, whose cost does not grow with
+    the rows per iteration."""
+    n_clusters = min(n_clusters, features.shape[0])
+    if features.shape[0] > MINIBATCH_ROWS:
+        return MiniBatchKMeans(
+            n_clusters=n_clusters, n_init=n_init, batch_size=4096, random_state=seed
+        ).fit(features)
     return KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit(features)
 
 
-def reduced_rows(rows: np.ndarray, n_components: int, seed: int = 0) -> np.ndarray:
+def reduced_rows(rows: Any, n_components: int, seed: int = 0) -> Any:
     """The rows projected on their top ``n_components`` singular directions (randomized SVD),
     so K-Means measures distances in a few dense dimensions instead of thousands of sparse
-    ones; the rows as they are when ``n_components`` is 0 or not below their width."""
+    ones; the rows as they are when ``n_components`` is 0 or not below their width. ``rows``
+    may be a SciPy sparse matrix."""
     if n_components <= 0 or n_components >= min(rows.shape):
         return rows
     left, values, _ = randomized_svd(rows, n_components, random_state=seed)
     return np.asarray(left * values, dtype=np.float64)
 
 
-def cluster_labels(features: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
+def cluster_labels(features: Any, n_clusters: int, seed: int = 0) -> np.ndarray:
     """K-Means labels of the rows; one cluster (all zeros) when ``n_clusters`` is 1."""
-    if n_clusters <= 1 or len(features) <= 1:
-        return np.zeros(len(features), dtype=np.int64)
+    if n_clusters <= 1 or features.shape[0] <= 1:
+        return np.zeros(features.shape[0], dtype=np.int64)
     return kmeans(features, n_clusters, seed).labels_.astype(np.int64)
 
 

@@ -42,11 +42,11 @@ def _solve_side(lists: RatedLists, fixed: np.ndarray, regularization: float) -> 
     identity = np.eye(n_factors)
     for chunk in length_buckets(lists.counts):
         width = max(int(lists.counts[chunk].max()), 1)
-        factors = padded[lists.positions[chunk, :width]]
-        values = lists.values[chunk, :width].astype(np.float64)
+        positions, values = lists.padded(chunk, width)
+        factors = padded[positions]
         gram = np.matmul(factors.transpose(0, 2, 1), factors)
         penalty = regularization * lists.counts[chunk] + 1e-6
         gram += penalty[:, None, None] * identity
-        target = np.matmul(factors.transpose(0, 2, 1), values[:, :, None])
+        target = np.matmul(factors.transpose(0, 2, 1), values[:, :, None].astype(np.float64))
         solved[chunk] = np.linalg.solve(gram, target)[:, :, 0]
     return solved

@@ -4,6 +4,7 @@ K-Means clusters restricting or weighting the neighbourhood and a validation-fit
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -12,7 +13,7 @@ import numpy as np
 from pydantic import Field
 
 from recommender.base import RecommenderModel
-from recommender.bias import fit_biases
+from recommender.bias import Biases, fit_biases
 from recommender.cache import config_key, shared_component
 from recommender.clustering import cluster_labels, reduced_rows
 from recommender.config import ModelConfig
@@ -25,12 +26,19 @@ from recommender.neighbors import (
     rated_lists,
     shrunk_similarity,
 )
-from recommender.ranking import ImplicitKNN, ImplicitKNNConfig
+from recommender.ranking import ImplicitKNN, ImplicitKNNConfig, ItemKNNScorer
+from recommender.topk import TopNeighbors, sparse_rows, top_k_average, top_neighbors
 
 logger = logging.getLogger(__name__)
 
 SWEEP_NEIGHBORS: tuple[int, ...] = (10, 20, 40, 80)
 """Neighbour counts whose blend weights every fit learns, so a sweep needs one fit."""
+DENSE_CELLS = 50_000_000
+"""Above this many users x items cells, ``engine="auto"`` takes the sparse engine."""
+BLEND_PAIRS = 500_000
+"""At most this many held-out ratings fit the blend weights (a dozen weights need no more)."""
+
+Engine = Literal["auto", "dense", "sparse"]
 
 
 class KMeansKNNConfig(ModelConfig):
@@ -76,11 +84,25 @@ class KMeansKNNConfig(ModelConfig):
     validation_fraction: float = Field(
         default=0.1, gt=0, lt=0.5, description="training share held out to fit the blend weights"
     )
+    engine: Engine = Field(
+        default="auto",
+        description="dense: exact, arrays of users x items; sparse: block-wise top neighbours "
+        "within clusters, for large sets; auto: sparse above DENSE_CELLS users x items",
+    )
+    kept_neighbors: int = Field(
+        default=200, ge=1, description="sparse engine: neighbours kept per user or item"
+    )
     seed: int = 0
     ranking: ImplicitKNNConfig | None = Field(
         default=ImplicitKNNConfig(),
         description="scorer of recommend(); None ranks by predicted rating",
     )
+
+    def sparse_for(self, train: Ratings) -> bool:
+        """Whether a fit on ``train`` takes the sparse engine."""
+        if self.engine == "auto":
+            return train.n_users * train.n_items > DENSE_CELLS
+        return self.engine == "sparse"
 
     @property
     def n_parts(self) -> int:
@@ -97,10 +119,11 @@ class _Side:
     labels: np.ndarray
 
 
-_RESIDUAL_FIELDS = (
-    "based", "similarity", "shrinkage", "min_support", "user_damping", "item_damping",
-    "n_factors", "factor_regularization", "factor_iterations", "seed",
+_FACTOR_FIELDS = (
+    "user_damping", "item_damping", "n_factors", "factor_regularization", "factor_iterations",
+    "seed",
 )  # fmt: skip
+_RESIDUAL_FIELDS = ("based", "similarity", "shrinkage", "min_support", *_FACTOR_FIELDS)
 """The config fields :class:`_ResidualModels` depends on (given residuals without cluster
 biases): not ``n_clusters``, ``cluster_*`` or ``n_neighbors``, so a sweep over those shares it."""
 
@@ -129,31 +152,108 @@ class _ResidualModels:
         if config.based in ("user", "both"):
             user_lists = rated_lists(items, users, residuals, train.n_items, train.n_users)
             user_similarity = _similarity(dense, rated, config)
-        factors = None
-        if config.n_factors > 0:
-            shape = (train.n_users, train.n_items)
-            factors = fit_factors(
-                users, items, residuals.astype(np.float64), shape, config.n_factors,
-                config.factor_regularization, config.factor_iterations, config.seed,
-            )  # fmt: skip
+        factors = _factors(train, config, residuals)
         return cls(item_similarity, user_similarity, item_lists, user_lists, factors)
+
+
+def _factors(
+    train: Ratings, config: KMeansKNNConfig, residuals: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Latent factors of the residuals (None when ``n_factors`` is 0)."""
+    if config.n_factors <= 0:
+        return None
+    return fit_factors(
+        train.user_index, train.item_index, residuals.astype(np.float64),
+        (train.n_users, train.n_items), config.n_factors, config.factor_regularization,
+        config.factor_iterations, config.seed,
+    )  # fmt: skip
 
 
 def _similarity(rows: np.ndarray, rated: np.ndarray, config: KMeansKNNConfig) -> np.ndarray:
     return shrunk_similarity(rows, rated, config.similarity, config.shrinkage, config.min_support)
 
 
-class _Parts:
-    """Everything fitted on one set of ratings: baseline, cluster biases, KNN sides, factors."""
+class _Parts(ABC):
+    """Everything fitted on one set of ratings: baseline, cluster biases, KNN sides, factors.
+
+    :class:`_DenseParts` holds users x items arrays (exact, for small sets); :class:`_SparseParts`
+    keeps each user's or item's top neighbours, found within its cluster (for large sets).
+    """
+
+    config: KMeansKNNConfig
+    biases: Biases
+    user_labels: np.ndarray | None
+    item_labels: np.ndarray | None
+    factors: tuple[np.ndarray, np.ndarray] | None
 
     def __init__(self, train: Ratings, config: KMeansKNNConfig, held_out: bool = False) -> None:
         self.config = config
-        users, items = train.user_index, train.item_index
         self.biases = fit_biases(train, config.user_damping, config.item_damping)
         # log(1 + count) of each user and item, scaled as if fit on all the training data.
         scale = 1.0 / (1.0 - (config.validation_fraction if held_out else 0.0))
-        self.user_support = np.log1p(np.bincount(users, minlength=train.n_users) * scale) / 7
-        self.item_support = np.log1p(np.bincount(items, minlength=train.n_items) * scale) / 7
+        self.user_support = (
+            np.log1p(np.bincount(train.user_index, minlength=train.n_users) * scale) / 7
+        )
+        self.item_support = (
+            np.log1p(np.bincount(train.item_index, minlength=train.n_items) * scale) / 7
+        )
+
+    def _labels(self, rows: Any, side: str) -> np.ndarray | None:
+        wanted = self.config.based in (side, "both")
+        if self.config.n_clusters <= 1 or not wanted:
+            return None
+        features = reduced_rows(rows, self.config.cluster_components, self.config.seed)
+        return cluster_labels(features, self.config.n_clusters, self.config.seed)
+
+    @abstractmethod
+    def base(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Baseline plus cluster biases for known positions."""
+
+    @abstractmethod
+    def side_averages(
+        self, users: np.ndarray, items: np.ndarray, counts: Sequence[int]
+    ) -> list[dict[int, np.ndarray]]:
+        """The item-KNN and user-KNN residual averages (those that are used), per count."""
+
+    def residual_parts(
+        self, users: np.ndarray, items: np.ndarray, counts: Sequence[int]
+    ) -> dict[int, np.ndarray]:
+        """``{k: design matrix}`` of the residual predictions (item-KNN, user-KNN, factors)."""
+        columns: dict[int, list[np.ndarray]] = {k: [] for k in counts}
+        for found in self.side_averages(users, items, counts):
+            for k in counts:
+                columns[k].append(found[k])
+        if self.factors is not None:
+            user_factors, item_factors = self.factors
+            dot = (user_factors[users] * item_factors[items]).sum(axis=1)
+            for k in counts:
+                columns[k].append(dot)
+        return {k: self._design(users, items, parts) for k, parts in columns.items()}
+
+    def _design(self, users: np.ndarray, items: np.ndarray, parts: list[np.ndarray]) -> np.ndarray:
+        """Blend inputs: the parts, the parts scaled by user/item support (trust a KNN more
+        where there is more data; feature-weighted linear stacking), and the supports."""
+        predictors = np.column_stack(parts)
+        user_support = self.user_support[users]
+        item_support = self.item_support[items]
+        return np.column_stack(
+            [
+                np.ones(len(users)),
+                predictors,
+                predictors * user_support[:, None],
+                predictors * item_support[:, None],
+                user_support,
+                item_support,
+            ]
+        )
+
+
+class _DenseParts(_Parts):
+    """The parts on dense users x items arrays: exact neighbourhoods over every user or item."""
+
+    def __init__(self, train: Ratings, config: KMeansKNNConfig, held_out: bool = False) -> None:
+        super().__init__(train, config, held_out)
+        users, items = train.user_index, train.item_index
         residuals = self.biases.residuals(train).astype(np.float32)
         dense = np.zeros((train.n_users, train.n_items), dtype=np.float32)
         dense[users, items] = residuals
@@ -166,13 +266,6 @@ class _Parts:
         self.item_side = self._side(models.item_similarity, models.item_lists, self.item_labels)
         self.user_side = self._side(models.user_similarity, models.user_lists, self.user_labels)
         self.factors = models.factors
-
-    def _labels(self, rows: np.ndarray, side: str) -> np.ndarray | None:
-        wanted = self.config.based in (side, "both")
-        if self.config.n_clusters <= 1 or not wanted:
-            return None
-        features = reduced_rows(rows, self.config.cluster_components, self.config.seed)
-        return cluster_labels(features, self.config.n_clusters, self.config.seed)
 
     def _cluster_bias(self, dense: np.ndarray, rated: np.ndarray) -> np.ndarray:
         """Damped mean residual of each (user cluster, item) and (user, item cluster)."""
@@ -225,45 +318,136 @@ class _Parts:
         """Baseline plus cluster biases for known positions."""
         return self.biases.predict(users, items) + self.cluster_bias[users, items]
 
-    def residual_parts(
+    def side_averages(
         self, users: np.ndarray, items: np.ndarray, counts: Sequence[int]
-    ) -> dict[int, np.ndarray]:
-        """``{k: design matrix}`` of the residual predictions (item-KNN, user-KNN, factors)."""
+    ) -> list[dict[int, np.ndarray]]:
         damping = self.config.neighbor_damping
-        columns: dict[int, list[np.ndarray]] = {k: [] for k in counts}
+        found = []
         if self.item_side is not None:
             side = self.item_side
-            found = neighborhood_average(side.similarity, side.lists, users, items, counts, damping)
-            for k in counts:
-                columns[k].append(found[k][0])
+            average = neighborhood_average(
+                side.similarity, side.lists, users, items, counts, damping
+            )
+            found.append({k: average[k][0] for k in counts})
         if self.user_side is not None:
             side = self.user_side
-            found = neighborhood_average(side.similarity, side.lists, items, users, counts, damping)
-            for k in counts:
-                columns[k].append(found[k][0])
-        if self.factors is not None:
-            user_factors, item_factors = self.factors
-            dot = (user_factors[users] * item_factors[items]).sum(axis=1)
-            for k in counts:
-                columns[k].append(dot)
-        return {k: self._design(users, items, parts) for k, parts in columns.items()}
+            average = neighborhood_average(
+                side.similarity, side.lists, items, users, counts, damping
+            )
+            found.append({k: average[k][0] for k in counts})
+        return found
 
-    def _design(self, users: np.ndarray, items: np.ndarray, parts: list[np.ndarray]) -> np.ndarray:
-        """Blend inputs: the parts, the parts scaled by user/item support (trust a KNN more
-        where there is more data; feature-weighted linear stacking), and the supports."""
-        predictors = np.column_stack(parts)
-        user_support = self.user_support[users]
-        item_support = self.item_support[items]
-        return np.column_stack(
-            [
-                np.ones(len(users)),
-                predictors,
-                predictors * user_support[:, None],
-                predictors * item_support[:, None],
-                user_support,
-                item_support,
-            ]
-        )
+
+@dataclass(frozen=True)
+class _ClusterBias:
+    """Damped mean residual of each (user cluster, item), then of each (user, item cluster)
+    on what remains: the dense engine's cluster biases as two small tables."""
+
+    user_labels: np.ndarray | None
+    item_labels: np.ndarray | None
+    by_user_cluster: np.ndarray | None
+    by_item_cluster: np.ndarray | None
+
+    @classmethod
+    def fit(
+        cls, train: Ratings, residuals: np.ndarray, parts: _Parts, n_clusters: int, damping: float
+    ) -> _ClusterBias:
+        users, items = train.user_index, train.item_index
+        remaining = residuals.astype(np.float64)
+        by_user_cluster = by_item_cluster = None
+        if parts.user_labels is not None:
+            cells = (n_clusters, train.n_items)
+            keys = np.ravel_multi_index((parts.user_labels[users], items), cells)
+            by_user_cluster = _damped_mean(keys, remaining, cells, damping)
+            remaining = remaining - by_user_cluster[parts.user_labels[users], items]
+        if parts.item_labels is not None:
+            cells = (train.n_users, n_clusters)
+            keys = np.ravel_multi_index((users, parts.item_labels[items]), cells)
+            by_item_cluster = _damped_mean(keys, remaining, cells, damping)
+        return cls(parts.user_labels, parts.item_labels, by_user_cluster, by_item_cluster)
+
+    def at(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        bias = np.zeros(len(users))
+        if self.by_user_cluster is not None and self.user_labels is not None:
+            bias += self.by_user_cluster[self.user_labels[users], items]
+        if self.by_item_cluster is not None and self.item_labels is not None:
+            bias += self.by_item_cluster[users, self.item_labels[items]]
+        return bias
+
+
+def _damped_mean(
+    keys: np.ndarray, values: np.ndarray, shape: tuple[int, int], damping: float
+) -> np.ndarray:
+    cells = shape[0] * shape[1]
+    sums = np.bincount(keys, values, minlength=cells)
+    return (sums / (np.bincount(keys, minlength=cells) + damping)).reshape(shape)
+
+
+@dataclass(frozen=True)
+class _SparseSide:
+    """A neighbourhood of the sparse engine: each entity's kept neighbours and the lists."""
+
+    neighbors: TopNeighbors
+    lists: RatedLists
+
+
+class _SparseParts(_Parts):
+    """The parts on sparse matrices: each item's (user's) top ``kept_neighbors`` found block-wise
+    among the items (users) of its K-Means cluster, so no users x items or items x items
+    array is ever built and more clusters make the search cheaper."""
+
+    def __init__(self, train: Ratings, config: KMeansKNNConfig, held_out: bool = False) -> None:
+        super().__init__(train, config, held_out)
+        users, items = train.user_index, train.item_index
+        residuals = self.biases.residuals(train).astype(np.float32)
+        by_user = sparse_rows(users, items, residuals, (train.n_users, train.n_items))
+        self.user_labels = self._labels(by_user, "user")
+        self.item_labels = self._labels(by_user.T.tocsr(), "item")
+        self.cluster_bias: _ClusterBias | None = None
+        if config.cluster_biases and (self.user_labels is not None or self.item_labels is not None):
+            self.cluster_bias = _ClusterBias.fit(
+                train, residuals, self, config.n_clusters, config.cluster_bias_damping
+            )
+            residuals = residuals - self.cluster_bias.at(users, items).astype(np.float32)
+            self.factors = _factors(train, config, residuals)
+        else:
+            key = ("kmeans_knn.factors", train.fingerprint, config_key(config, only=_FACTOR_FIELDS))
+            self.factors = shared_component(key, lambda: _factors(train, config, residuals))
+        self.item_side = self.user_side = None
+        if config.based in ("item", "both"):
+            rows = sparse_rows(items, users, residuals, (train.n_items, train.n_users))
+            lists = rated_lists(users, items, residuals, train.n_users, train.n_items)
+            self.item_side = _SparseSide(self._neighbors(rows, self.item_labels), lists)
+        if config.based in ("user", "both"):
+            rows = sparse_rows(users, items, residuals, (train.n_users, train.n_items))
+            lists = rated_lists(items, users, residuals, train.n_items, train.n_users)
+            self.user_side = _SparseSide(self._neighbors(rows, self.user_labels), lists)
+
+    def _neighbors(self, rows: Any, labels: np.ndarray | None) -> TopNeighbors:
+        config = self.config
+        return top_neighbors(
+            rows, config.kept_neighbors, config.similarity, config.shrinkage, config.min_support,
+            labels, config.cluster_weight,
+        )  # fmt: skip
+
+    def base(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        base = self.biases.predict(users, items)
+        return base if self.cluster_bias is None else base + self.cluster_bias.at(users, items)
+
+    def side_averages(
+        self, users: np.ndarray, items: np.ndarray, counts: Sequence[int]
+    ) -> list[dict[int, np.ndarray]]:
+        damping = self.config.neighbor_damping
+        found = []
+        if self.item_side is not None:
+            side = self.item_side
+            average = top_k_average(side.neighbors, side.lists, users, items, counts, damping)
+            found.append({k: average[k][0] for k in counts})
+        if self.user_side is not None:
+            side = self.user_side
+            average = top_k_average(side.neighbors, side.lists, items, users, counts, damping)
+            found.append({k: average[k][0] for k in counts})
+        return found
 
 
 class KMeansKNN(RecommenderModel[KMeansKNNConfig]):
@@ -282,13 +466,24 @@ class KMeansKNN(RecommenderModel[KMeansKNNConfig]):
         config = self.config
         counts = sorted({config.n_neighbors, *SWEEP_NEIGHBORS})
         self.blend_weights_ = self._blend_weights(train, counts)
-        self.parts_ = _Parts(train, config)
-        self.cluster_labels_ = (
-            self.parts_.user_labels if config.based != "item" else self.parts_.item_labels
-        )
-        sides = [s for s in (self.parts_.item_side, self.parts_.user_side) if s is not None]
-        self.similarity_ = sides[0].similarity if sides else None
-        self.ranker_ = ImplicitKNN(config.ranking).fit(train) if config.ranking else None
+        parts = self._parts_class(train)(train, config)
+        self.parts_ = parts
+        self.cluster_labels_ = parts.user_labels if config.based != "item" else parts.item_labels
+        self.similarity_ = self.neighbors_ = None
+        if isinstance(parts, _DenseParts):
+            sides = [s for s in (parts.item_side, parts.user_side) if s is not None]
+            self.similarity_ = sides[0].similarity if sides else None
+        elif isinstance(parts, _SparseParts):
+            sparse_sides = [s for s in (parts.item_side, parts.user_side) if s is not None]
+            self.neighbors_ = sparse_sides[0].neighbors if sparse_sides else None
+        self.ranker_: ImplicitKNN | ItemKNNScorer | None = None
+        if config.ranking is not None and isinstance(parts, _SparseParts):
+            self.ranker_ = ItemKNNScorer.fit(train, config.ranking, parts.item_labels)
+        elif config.ranking is not None:
+            self.ranker_ = ImplicitKNN(config.ranking).fit(train)
+
+    def _parts_class(self, train: Ratings) -> type[_Parts]:
+        return _SparseParts if self.config.sparse_for(train) else _DenseParts
 
     def _blend_weights(self, train: Ratings, counts: Sequence[int]) -> dict[int, np.ndarray]:
         """Least-squares weights ``[intercept, part...]`` per neighbour count, fit on a held-out
@@ -299,10 +494,14 @@ class KMeansKNN(RecommenderModel[KMeansKNNConfig]):
             single = np.zeros(3 + 3 * config.n_parts)
             single[1] = 1.0
             return {k: single for k in counts}
-        held = np.random.default_rng(config.seed).random(len(train)) < config.validation_fraction
-        inner = _Parts(train.subset(~held), config, held_out=True)
-        users, items = train.user_index[held], train.item_index[held]
-        target = train.values[held] - inner.base(users, items)
+        rng = np.random.default_rng(config.seed)
+        held = rng.random(len(train)) < config.validation_fraction
+        inner = self._parts_class(train)(train.subset(~held), config, held_out=True)
+        fitted_on = np.flatnonzero(held)
+        if len(fitted_on) > BLEND_PAIRS:
+            fitted_on = np.sort(rng.choice(fitted_on, BLEND_PAIRS, replace=False))
+        users, items = train.user_index[fitted_on], train.item_index[fitted_on]
+        target = train.values[fitted_on] - inner.base(users, items)
         weights = {}
         for k, design in inner.residual_parts(users, items, counts).items():
             weights[k] = np.linalg.lstsq(design, target, rcond=None)[0]

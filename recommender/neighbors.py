@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -48,30 +49,50 @@ def shrunk_similarity(
 
 @dataclass(frozen=True)
 class RatedLists:
-    """For every owner (a user, or an item), the padded positions and residuals of what it
-    is linked to; padding points at a virtual entity ``n_entities`` with similarity 0."""
+    """For every owner (a user, or an item), the positions and residuals of what it is linked
+    to, grouped by owner and sorted by entity (CSR-like, never padded as a whole): a chunk of
+    owners is padded on demand by :meth:`padded`, to a virtual entity ``n_entities``."""
 
-    positions: np.ndarray
+    entities: np.ndarray
     values: np.ndarray
+    starts: np.ndarray
     counts: np.ndarray
     n_entities: int
+
+    def padded(self, owners: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(positions, values)`` of the owners' lists, ``len(owners) x width``."""
+        slots = np.arange(width)
+        valid = slots[None, :] < self.counts[owners, None]
+        # The last element is the padding entry: (n_entities, 0.0).
+        at = np.where(valid, self.starts[owners, None] + slots[None, :], len(self.entities) - 1)
+        return self.entities[at], self.values[at]
+
+    @cached_property
+    def keys(self) -> np.ndarray:
+        """``owner * (n_entities + 1) + entity`` of every link, ascending (for lookups)."""
+        owners = np.repeat(np.arange(len(self.counts), dtype=np.int64), self.counts)
+        return owners * (self.n_entities + 1) + self.entities[:-1]
+
+    def lookup(self, owners: np.ndarray, entities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(found, value)`` of each (owner, entity) pair, broadcast; value 0 when absent."""
+        keys = owners.astype(np.int64) * (self.n_entities + 1) + entities
+        at = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
+        if len(self.keys) == 0:
+            return np.zeros(keys.shape, dtype=bool), np.zeros(keys.shape, dtype=np.float32)
+        found = self.keys[at] == keys
+        return found, np.where(found, self.values[at], np.float32(0.0))
 
 
 def rated_lists(
     owners: np.ndarray, entities: np.ndarray, values: np.ndarray, n_owners: int, n_entities: int
 ) -> RatedLists:
-    """Group ``(owner, entity, value)`` triples into padded per-owner rows."""
+    """Group ``(owner, entity, value)`` triples by owner."""
     order = np.lexsort((entities, owners))
-    owners, entities, values = owners[order], entities[order], values[order]
     counts = np.bincount(owners, minlength=n_owners)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    slot = np.arange(len(owners)) - starts[owners]
-    width = max(int(counts.max(initial=0)), 1)
-    positions = np.full((n_owners, width), n_entities, dtype=np.int64)
-    padded = np.zeros((n_owners, width), dtype=np.float32)
-    positions[owners, slot] = entities
-    padded[owners, slot] = values
-    return RatedLists(positions, padded, counts, n_entities)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    sorted_entities = np.append(entities[order].astype(np.int64), n_entities)
+    sorted_values = np.append(values[order].astype(np.float32), np.float32(0.0))
+    return RatedLists(sorted_entities, sorted_values, starts, counts, n_entities)
 
 
 def neighborhood_average(
@@ -93,9 +114,8 @@ def neighborhood_average(
     results = {k: (np.zeros(len(owners)), np.zeros(len(owners))) for k in counts}
     for chunk in length_buckets(lists.counts[owners]):
         width = max(int(lists.counts[owners[chunk]].max()), 1)
-        neighbors = lists.positions[owners[chunk], :width]
+        neighbors, values = lists.padded(owners[chunk], width)
         weights = padded_similarity[targets[chunk, None], neighbors]
-        values = lists.values[owners[chunk], :width]
         if width > largest:
             best = np.argpartition(-weights, largest - 1, axis=1)[:, :largest]
             weights = np.take_along_axis(weights, best, axis=1)

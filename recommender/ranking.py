@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import scipy.sparse as sp
 from pydantic import Field
 
 from recommender.base import RecommenderModel
@@ -15,6 +16,7 @@ from recommender.clustering import cluster_labels
 from recommender.config import ModelConfig
 from recommender.data import Ratings
 from recommender.neighbors import top_k_rows
+from recommender.topk import sparse_rows, top_neighbors
 
 
 class ImplicitKNNConfig(ModelConfig):
@@ -121,3 +123,31 @@ class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
 def _scaled(scores: np.ndarray) -> np.ndarray:
     """Each row divided by its largest magnitude, so the two scorers blend on one scale."""
     return scores / np.maximum(np.abs(scores).max(axis=1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class ItemKNNScorer:
+    """Top-N scores for large sets, where :class:`ImplicitKNN`'s users x users and items x
+    items arrays do not fit: item-KNN on the 0/1 rated matrix (Deshpande & Karypis 2004).
+    Each item keeps its ``n_neighbors`` most cosine-similar items, found block-wise within
+    its K-Means cluster; a user's score of an item sums its rated items' similarities to it."""
+
+    rated: sp.csr_matrix
+    neighbors: sp.csr_matrix
+
+    @classmethod
+    def fit(
+        cls, train: Ratings, config: ImplicitKNNConfig, labels: np.ndarray | None = None
+    ) -> ItemKNNScorer:
+        users, items = train.user_index, train.item_index
+        ones = np.ones(len(train), dtype=np.float32)
+        rated = sparse_rows(users, items, ones, (train.n_users, train.n_items))
+        by_item = sparse_rows(items, users, ones, (train.n_items, train.n_users))
+        top = top_neighbors(
+            by_item, config.n_neighbors, "cosine", shrinkage=0.0, labels=labels,
+            cluster_weight=config.cluster_weight,
+        )  # fmt: skip
+        return cls(rated, top.to_csr())
+
+    def _score_users(self, users: np.ndarray) -> np.ndarray:
+        return np.asarray((self.rated[users] @ self.neighbors).toarray(), dtype=np.float32)
