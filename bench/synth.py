@@ -64,6 +64,7 @@ OCCUPATIONS = (
     "writer",
 )
 RATING_SHARES = (0.0611, 0.1137, 0.2715, 0.3417, 0.2120)  # ml-100k's 1..5 stars
+ML25M_RATINGS, ML25M_USERS, ML25M_ITEMS = 25_000_095, 162_541, 59_047
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 TITLE_WORDS = (
     "Café",
@@ -99,6 +100,14 @@ class SyntheticSize:
         users = max(20, int(943 * (ratings / 100_000) ** 0.75))
         items = max(30, int(1682 * (ratings / 100_000) ** 0.55))
         return cls(ratings=ratings, users=users, items=min(items, 60_000))
+
+    @classmethod
+    def like_ml25m(cls, ratings: int) -> SyntheticSize:
+        """ml-25m's users per rating (linear) and rated items (``(ratings / 25M) ** 0.6``)."""
+        share = ratings / ML25M_RATINGS
+        users = max(10, round(ML25M_USERS * share))
+        items = max(50, round(ML25M_ITEMS * share**0.6))
+        return cls(ratings=ratings, users=users, items=items)
 
 
 def ratings_frame(size: SyntheticSize, seed: int = 0) -> pl.DataFrame:
@@ -371,6 +380,170 @@ def write_dataset(folder: Path, dataset: str, size: SyntheticSize, seed: int = 0
     if member.layout is Layout.DAT:
         return write_dat(folder, member, size, seed)
     return write_csv_member(folder, member, size, seed)
+
+
+# --- ml-25m-shaped ratings at scale ---------------------------------------------------------
+ML25M_TIMES = (789_652_009, 1_574_327_703)  # its first and last rating, 1995 .. 2019
+# ml-25m's share of each half star, 0.5 .. 5.0
+HALF_STAR_SHARES = (0.016, 0.031, 0.016, 0.066, 0.050, 0.196, 0.126, 0.266, 0.085, 0.145)
+MIN_USER_RATINGS = 20  # GroupLens keeps users with at least 20 ratings
+USER_EXTRA_MEDIAN, USER_EXTRA_SIGMA = 51.0, 1.39  # ratings beyond 20: ml-25m's median 71, mean 154
+ITEM_EXPONENT, ITEM_CUTOFF = 0.9, 5.0  # Zipf head, exponential tail: top item 0.37%, median 20
+LATENT_DIMS = 8
+USER_BIAS_SD, ITEM_BIAS_SD, POPULARITY_LIFT = 0.45, 0.45, 0.15
+FACTOR_SD, NOISE_SD = 0.42, 0.7  # interaction sd ~0.5 on a score of sd ~1
+SCORE_CHUNK = 1 << 20
+
+
+def structured_ratings(size: SyntheticSize, seed: int = 0, half_stars: bool = True) -> pl.DataFrame:
+    """Unique (user, item) ratings, sorted by user and item like ml-25m's, drawn in bulk.
+
+    Activity: every user rates at least 20 items (fewer only where the items do not allow it),
+    the rest lognormal like ml-25m's; popularity: a Zipf head with an exponential tail.
+    Stars: ``mean + user bias + item bias + user . item factors + noise``, cut at the quantiles
+    of ml-25m's half-star shares (ml-100k's whole-star shares without half stars), so a model
+    of the interactions beats the biases.
+    """
+    rng = np.random.default_rng(seed)
+    item_weights = _item_popularity(size.items, rng)
+    keys = _unique_pairs(_user_activity(size, rng), item_weights, rng)
+    users = (keys // size.items).astype(np.int32)
+    items = (keys % size.items).astype(np.int32)
+    del keys
+    scores = _latent_scores(users, items, size, np.log(item_weights), rng)
+    shares = HALF_STAR_SHARES if half_stars else RATING_SHARES
+    stars = _stars_by_quantile(scores, shares)
+    del scores
+    rating = (
+        pl.Series("rating", (stars + 1) * 0.5, dtype=pl.Float32)
+        if half_stars
+        else pl.Series("rating", stars + 1, dtype=pl.Int8)
+    )
+    return pl.DataFrame(
+        [
+            pl.Series("user_id", users + 1, dtype=pl.Int32),
+            pl.Series("item_id", items + 1, dtype=pl.Int32),
+            rating,
+            pl.Series("timestamp", _rating_times(users, size.users, rng), dtype=pl.Int64),
+        ]
+    )
+
+
+def _user_activity(size: SyntheticSize, rng: np.random.Generator) -> np.ndarray:
+    """Ratings per user: the floor, plus a lognormal share of the rest, none above half the
+    items (a heavier user's excess goes to the others)."""
+    cap = max(1, size.items // 2)
+    total = min(size.ratings, size.users * cap)
+    floor = min(MIN_USER_RATINGS, cap, total // size.users)
+    weights = rng.lognormal(np.log(USER_EXTRA_MEDIAN), USER_EXTRA_SIGMA, size.users)
+    counts = floor + rng.multinomial(total - floor * size.users, weights / weights.sum())
+    while (excess := int(np.maximum(counts - cap, 0).sum())) > 0:
+        counts = np.minimum(counts, cap)
+        room = np.where(counts < cap, weights, 0.0)
+        counts += rng.multinomial(excess, room / room.sum())
+    return counts
+
+
+def _item_popularity(items: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw weights of the items (shuffled ids): a Zipf head with an exponential cut-off."""
+    rank = np.arange(items, dtype=np.float64)
+    offset = 1.0 + items / 1500  # ml-25m: the most rated movie has 0.33% of the ratings
+    weights = (rank + offset) ** -ITEM_EXPONENT * np.exp(-ITEM_CUTOFF * rank / items)
+    return rng.permutation(weights / weights.sum())
+
+
+def _unique_pairs(
+    counts: np.ndarray, item_weights: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Sorted ``user * items + item`` keys, ``counts[u]`` distinct items per user.
+
+    Each round draws every user's missing items at once and keeps the new pairs; the rounds
+    after the second draw from flatter popularity, so heavy users fill up on the tail.
+    """
+    items = len(item_weights)
+    users = np.arange(len(counts), dtype=np.int64)
+    keys = np.empty(0, dtype=np.int64)
+    for sharpness in (1.0, 1.0, 0.5, 0.25, *(0.0,) * 60):
+        missing = counts - np.bincount(keys // items, minlength=len(counts))
+        if not missing.any():
+            return keys
+        rows = np.repeat(users, missing)
+        drawn = _sorted_unique(rows * items + _draw_items(item_weights**sharpness, len(rows), rng))
+        found = np.searchsorted(keys, drawn)
+        known = found < len(keys)
+        known[known] = keys[found[known]] == drawn[known]
+        keys = np.sort(np.concatenate([keys, drawn[~known]]), kind="stable")  # merges two runs
+    raise RuntimeError(f"could not draw {int(counts.sum())} distinct pairs from {items} items")
+
+
+def _sorted_unique(keys: np.ndarray) -> np.ndarray:
+    """``np.unique`` by sorting: NumPy 2's hash-based unique is ten times slower at 25M keys."""
+    keys = np.sort(keys)
+    return keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
+
+
+def _draw_items(weights: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    cumulative = np.cumsum(weights)
+    drawn = np.searchsorted(cumulative, rng.random(count) * cumulative[-1], side="right")
+    return np.minimum(drawn, len(weights) - 1)
+
+
+def _latent_scores(
+    users: np.ndarray,
+    items: np.ndarray,
+    size: SyntheticSize,
+    log_popularity: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """``user bias + item bias + user . item factors + noise`` per rating (float32, chunked so
+    the gathered factors stay small); popular items lean higher, as in MovieLens."""
+    lift = (log_popularity - log_popularity.mean()) / log_popularity.std()
+    user_bias = rng.normal(0.0, USER_BIAS_SD, size.users).astype(np.float32)
+    item_bias = (rng.normal(0.0, ITEM_BIAS_SD, size.items) + POPULARITY_LIFT * lift).astype(
+        np.float32
+    )
+    user_factors = rng.normal(0.0, FACTOR_SD, (size.users, LATENT_DIMS)).astype(np.float32)
+    item_factors = rng.normal(0.0, FACTOR_SD, (size.items, LATENT_DIMS)).astype(np.float32)
+    scores = np.empty(len(users), dtype=np.float32)
+    for start in range(0, len(users), SCORE_CHUNK):
+        u, i = users[start : start + SCORE_CHUNK], items[start : start + SCORE_CHUNK]
+        interaction = np.einsum("ij,ij->i", user_factors[u], item_factors[i])
+        noise = rng.normal(0.0, NOISE_SD, len(u)).astype(np.float32)
+        scores[start : start + SCORE_CHUNK] = user_bias[u] + item_bias[i] + interaction + noise
+    return scores
+
+
+def _stars_by_quantile(scores: np.ndarray, shares: tuple[float, ...]) -> np.ndarray:
+    """Star index 0..len(shares)-1 of each score: the lowest ``shares[0]`` get 0, and so on."""
+    cuts = np.cumsum(shares)[:-1] / sum(shares)
+    thresholds = np.quantile(scores, cuts)
+    return np.searchsorted(thresholds, scores, side="right").astype(np.int8)
+
+
+def _rating_times(users: np.ndarray, user_count: int, rng: np.random.Generator) -> np.ndarray:
+    """Unix seconds: each user rates within a span (days to years) from a random first day."""
+    first, last = ML25M_TIMES
+    start = rng.integers(first, last, size=user_count)
+    span = np.minimum(rng.exponential(180 * 86_400, size=user_count), last - start)
+    return start[users] + (rng.random(len(users)) * span[users]).astype(np.int64)
+
+
+def write_scaled_csv(
+    folder: Path, size: SyntheticSize, seed: int = 0, dataset: str = "ml-25m"
+) -> Path:
+    """ratings.csv (``structured_ratings``) and movies.csv of a CSV member, fast at any size;
+    no tags.csv or links.csv (optional files)."""
+    member = movielens_set(dataset)
+    if member.layout is not Layout.CSV:
+        raise ValueError(f"{dataset} is not a CSV member (layout {member.layout})")
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {"user_id": "userId", "item_id": "movieId"}
+    ratings = structured_ratings(size, seed, half_stars=member.half_stars)
+    ratings.rename(names).write_csv(folder / member.ratings_file, float_precision=1)
+    del ratings
+    movies = movies_frame(size.items, (*LATER_GENRES, NO_GENRES), seed)
+    movies.rename(names, strict=False).write_csv(folder / member.items_file)
+    return folder
 
 
 def write_archive(folder: Path, dataset: str, target: Path) -> Path:

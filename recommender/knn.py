@@ -185,6 +185,8 @@ class _Parts(ABC):
     user_labels: np.ndarray | None
     item_labels: np.ndarray | None
     factors: tuple[np.ndarray, np.ndarray] | None
+    item_side: Any  # the item-KNN side, None when not used
+    user_side: Any
 
     def __init__(self, train: Ratings, config: KMeansKNNConfig, held_out: bool = False) -> None:
         self.config = config
@@ -209,11 +211,25 @@ class _Parts(ABC):
     def base(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Baseline plus cluster biases for known positions."""
 
-    @abstractmethod
     def side_averages(
         self, users: np.ndarray, items: np.ndarray, counts: Sequence[int]
     ) -> list[dict[int, np.ndarray]]:
         """The item-KNN and user-KNN residual averages (those that are used), per count."""
+        found = []
+        for side, owners, targets in (
+            (self.item_side, users, items),
+            (self.user_side, items, users),
+        ):
+            if side is not None:
+                average = self._average(side, owners, targets, counts)
+                found.append({k: average[k][0] for k in counts})
+        return found
+
+    @abstractmethod
+    def _average(
+        self, side: Any, owners: np.ndarray, targets: np.ndarray, counts: Sequence[int]
+    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """``{k: (average, weight)}`` of the side's neighbourhoods for (owner, target) pairs."""
 
     def residual_parts(
         self, users: np.ndarray, items: np.ndarray, counts: Sequence[int]
@@ -318,24 +334,11 @@ class _DenseParts(_Parts):
         """Baseline plus cluster biases for known positions."""
         return self.biases.predict(users, items) + self.cluster_bias[users, items]
 
-    def side_averages(
-        self, users: np.ndarray, items: np.ndarray, counts: Sequence[int]
-    ) -> list[dict[int, np.ndarray]]:
+    def _average(
+        self, side: Any, owners: np.ndarray, targets: np.ndarray, counts: Sequence[int]
+    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         damping = self.config.neighbor_damping
-        found = []
-        if self.item_side is not None:
-            side = self.item_side
-            average = neighborhood_average(
-                side.similarity, side.lists, users, items, counts, damping
-            )
-            found.append({k: average[k][0] for k in counts})
-        if self.user_side is not None:
-            side = self.user_side
-            average = neighborhood_average(
-                side.similarity, side.lists, items, users, counts, damping
-            )
-            found.append({k: average[k][0] for k in counts})
-        return found
+        return neighborhood_average(side.similarity, side.lists, owners, targets, counts, damping)
 
 
 @dataclass(frozen=True)
@@ -434,20 +437,11 @@ class _SparseParts(_Parts):
         base = self.biases.predict(users, items)
         return base if self.cluster_bias is None else base + self.cluster_bias.at(users, items)
 
-    def side_averages(
-        self, users: np.ndarray, items: np.ndarray, counts: Sequence[int]
-    ) -> list[dict[int, np.ndarray]]:
+    def _average(
+        self, side: Any, owners: np.ndarray, targets: np.ndarray, counts: Sequence[int]
+    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         damping = self.config.neighbor_damping
-        found = []
-        if self.item_side is not None:
-            side = self.item_side
-            average = top_k_average(side.neighbors, side.lists, users, items, counts, damping)
-            found.append({k: average[k][0] for k in counts})
-        if self.user_side is not None:
-            side = self.user_side
-            average = top_k_average(side.neighbors, side.lists, items, users, counts, damping)
-            found.append({k: average[k][0] for k in counts})
-        return found
+        return top_k_average(side.neighbors, side.lists, owners, targets, counts, damping)
 
 
 class KMeansKNN(RecommenderModel[KMeansKNNConfig]):
