@@ -37,16 +37,17 @@ def fit_factors(
 def _solve_side(lists: RatedLists, fixed: np.ndarray, regularization: float) -> np.ndarray:
     n_owners, n_factors = len(lists.counts), fixed.shape[1]
     # Padding points at an extra all-zero factor row, so it adds nothing to the sums.
-    padded = np.vstack([fixed, np.zeros((1, n_factors))])
+    # Products in float32 (half the memory traffic), the solve in float64.
+    padded = np.vstack([fixed, np.zeros((1, n_factors))]).astype(np.float32)
     solved = np.zeros((n_owners, n_factors))
     identity = np.eye(n_factors)
     for chunk in length_buckets(lists.counts):
         width = max(int(lists.counts[chunk].max()), 1)
         positions, values = lists.padded(chunk, width)
         factors = padded[positions]
-        gram = np.matmul(factors.transpose(0, 2, 1), factors)
+        gram = np.matmul(factors.transpose(0, 2, 1), factors).astype(np.float64)
         penalty = regularization * lists.counts[chunk] + 1e-6
         gram += penalty[:, None, None] * identity
-        target = np.matmul(factors.transpose(0, 2, 1), values[:, :, None].astype(np.float64))
+        target = np.matmul(factors.transpose(0, 2, 1), values[:, :, None]).astype(np.float64)
         solved[chunk] = np.linalg.solve(gram, target)[:, :, 0]
     return solved

@@ -12,7 +12,7 @@ import numpy as np
 Similarity = Literal["pearson", "cosine"]
 
 # Pairs are processed in buckets of owners with similar list lengths, so padding stays small.
-_BUCKETS = 16
+_LENGTH_RATIO = 1.25
 _MAX_BUCKET_CELLS = 8_000_000
 
 
@@ -140,10 +140,13 @@ def neighborhood_average(
 
 
 def length_buckets(lengths: np.ndarray) -> list[np.ndarray]:
-    """Pair indices grouped by list length, each group small enough to pad densely."""
+    """Pair indices grouped by list length, each group small enough to pad densely: lengths
+    in a group are within :data:`_LENGTH_RATIO` of each other, so padding stays small even
+    when a few lists are thousands of times longer than most."""
     order = np.argsort(lengths, kind="stable")
+    classes = np.floor(np.log(np.maximum(lengths[order], 1)) / np.log(_LENGTH_RATIO))
     groups = []
-    for chunk in np.array_split(order, min(_BUCKETS, max(len(order), 1))):
+    for chunk in np.split(order, np.flatnonzero(np.diff(classes)) + 1):
         if len(chunk) == 0:
             continue
         width = max(int(lengths[chunk].max()), 1)

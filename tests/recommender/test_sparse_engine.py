@@ -143,3 +143,13 @@ def test_item_knn_scorer_by_hand() -> None:
     assert scores[0, 0] == 0.0  # an item is not its own neighbour
     model = KMeansKNN(engine="sparse").fit(train)
     assert [item for item, _ in model.recommend(2, n=1)] == [1]
+
+
+def test_without_refit_the_parts_fit_without_the_validation_share() -> None:
+    train = _random_ratings(3, n=12000)
+    once = KMeansKNN(engine="sparse", refit=False).fit(train)
+    twice = KMeansKNN(engine="sparse").fit(train)
+    assert len(once.parts_.item_side.lists.keys) < len(train)
+    assert len(twice.parts_.item_side.lists.keys) == len(train)
+    users, items = train.raw_users()[:500], train.raw_items()[:500]
+    assert np.abs(once.predict(users, items) - twice.predict(users, items)).mean() < 0.15
