@@ -3,8 +3,11 @@
 Shape: power-law item popularity and user activity, the ml-100k rating distribution (with
 some ratings half a star lower in the half-star members), one to three genres per movie,
 accented titles (latin-1 where the member is), some titles with commas, quotes or no year.
+At scale (``--like-ml25m``, ``structured_ratings``): ml-25m's shape and star shares, stars
+from a latent user x item model, 25M ratings drawn and written in about 20 s.
 
     python bench/synth.py OUT_DIR --ratings 1000000 [--dataset ml-25m] [--zip]
+    python bench/synth.py OUT_DIR --ratings 25000095 --like-ml25m [--dataset ml-20m]
 """
 
 from __future__ import annotations
@@ -563,7 +566,18 @@ def main() -> None:
     parser.add_argument("--dataset", default="ml-100k", help="a name of tasks/datasets.py")
     parser.add_argument("--no-folds", action="store_true", help="ml-100k: no u1..u5 files")
     parser.add_argument("--zip", action="store_true", help="also write OUT_DIR.zip")
+    parser.add_argument(
+        "--like-ml25m",
+        action="store_true",
+        help="CSV members: ml-25m's shape from the fast latent-model sampler (no tags, links)",
+    )
     args = parser.parse_args()
+    if args.like_ml25m:
+        size = SyntheticSize.like_ml25m(args.ratings)
+        dataset = "ml-25m" if args.dataset == "ml-100k" else args.dataset
+        write_scaled_csv(args.out, size, args.seed, dataset)
+        print(f"wrote {dataset} {size} to {args.out}")
+        return
     size = SyntheticSize.like_movielens(args.ratings)
     if args.dataset == "ml-100k":
         write_ml100k(args.out, size, args.seed, folds=not args.no_folds)

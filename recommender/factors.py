@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from recommender.neighbors import RatedLists, length_buckets, rated_lists
+
+_FACTOR_CELLS = 64_000_000
+"""Gathered factor values per chunk of the ALS solve (bounds its memory)."""
 
 
 def fit_factors(
@@ -41,7 +47,8 @@ def _solve_side(lists: RatedLists, fixed: np.ndarray, regularization: float) -> 
     padded = np.vstack([fixed, np.zeros((1, n_factors))]).astype(np.float32)
     solved = np.zeros((n_owners, n_factors))
     identity = np.eye(n_factors)
-    for chunk in length_buckets(lists.counts):
+
+    def solve(chunk: np.ndarray) -> None:
         width = max(int(lists.counts[chunk].max()), 1)
         positions, values = lists.padded(chunk, width)
         factors = padded[positions]
@@ -50,4 +57,11 @@ def _solve_side(lists: RatedLists, fixed: np.ndarray, regularization: float) -> 
         gram += penalty[:, None, None] * identity
         target = np.matmul(factors.transpose(0, 2, 1), values[:, :, None]).astype(np.float64)
         solved[chunk] = np.linalg.solve(gram, target)[:, :, 0]
+
+    # NumPy releases the GIL in the products and solves: chunks run on threads, each
+    # writing its own rows; a chunk's gathered factors stay near 64M floats.
+    chunks = length_buckets(lists.counts, max(_FACTOR_CELLS // n_factors, 1))
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        for _ in pool.map(solve, chunks):
+            pass
     return solved

@@ -139,7 +139,7 @@ def neighborhood_average(
     return results
 
 
-def length_buckets(lengths: np.ndarray) -> list[np.ndarray]:
+def length_buckets(lengths: np.ndarray, max_cells: int = _MAX_BUCKET_CELLS) -> list[np.ndarray]:
     """Pair indices grouped by list length, each group small enough to pad densely: lengths
     in a group are within :data:`_LENGTH_RATIO` of each other, so padding stays small even
     when a few lists are thousands of times longer than most."""
@@ -150,7 +150,7 @@ def length_buckets(lengths: np.ndarray) -> list[np.ndarray]:
         if len(chunk) == 0:
             continue
         width = max(int(lengths[chunk].max()), 1)
-        rows_per_piece = max(_MAX_BUCKET_CELLS // width, 1)
+        rows_per_piece = max(max_cells // width, 1)
         groups.extend(np.array_split(chunk, -(-len(chunk) // rows_per_piece)))
     return groups
 

@@ -10,7 +10,9 @@ cost of a block falls with the number of candidates, so more clusters make the s
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -70,10 +72,13 @@ def top_neighbors(
     min_support: int = 1,
     labels: np.ndarray | None = None,
     cluster_weight: float = 0.0,
+    workers: int | None = None,
 ) -> TopNeighbors:
     """The ``k`` best neighbours of every row of ``rows`` (its stored entries are the rated
     cells, explicit zeros included). With ``labels``, a row's candidates are the rows of its
-    cluster (``cluster_weight`` 0), or all rows with the others' similarity scaled by it."""
+    cluster (``cluster_weight`` 0), or all rows with the others' similarity scaled by it.
+    ``workers``: threads (default: the CPUs)."""
+    workers = workers or os.cpu_count() or 1
     n_rows = rows.shape[0]
     labels = np.zeros(n_rows, dtype=np.int64) if labels is None else np.asarray(labels)
     k = max(1, min(k, n_rows - 1)) if n_rows > 1 else 1
@@ -85,24 +90,35 @@ def top_neighbors(
     squares.data = squares.data**2
     lengths = np.sqrt(np.asarray(squares.sum(axis=1)).ravel())
     restrict = cluster_weight == 0.0
-    for cluster in np.unique(labels):
-        members = np.flatnonzero(labels == cluster)
-        candidates = members if restrict else np.arange(n_rows)
-        outside = None if restrict else labels[candidates] != cluster
-        right = _transposed(rows[candidates], mask[candidates], squares[candidates])
-        per_block = max(1, BLOCK_CELLS // max(len(candidates), 1))
-        for start in range(0, len(members), per_block):
-            block = members[start : start + per_block]
-            scores = _block_similarity(
-                rows[block], mask[block], squares[block], right, measure, shrinkage, min_support,
-                lengths[block], lengths[candidates],
-            )  # fmt: skip
-            if outside is not None:
-                scores[:, outside] *= cluster_weight
-            scores[np.arange(len(block)), np.searchsorted(candidates, block)] = 0.0
-            best, values = _best_of_rows(scores, k)
-            indices[block, : best.shape[1]] = np.where(values > 0, candidates[best], n_rows)
-            similarity[block, : best.shape[1]] = np.maximum(values, 0.0)
+
+    def search(block: np.ndarray, candidates: np.ndarray, right: _Candidates) -> None:
+        scores = _block_similarity(
+            rows[block], mask[block], squares[block], right, measure, shrinkage, min_support,
+            lengths[block], lengths[candidates],
+        )  # fmt: skip
+        if not restrict:
+            scores[:, labels[candidates] != labels[block[0]]] *= cluster_weight
+        scores[np.arange(len(block)), np.searchsorted(candidates, block)] = 0.0
+        best, values = _best_of_rows(scores, k)
+        indices[block, : best.shape[1]] = np.where(values > 0, candidates[best], n_rows)
+        similarity[block, : best.shape[1]] = np.maximum(values, 0.0)
+
+    # SciPy's sparse products and NumPy release the GIL: blocks run on threads, a bounded
+    # number at a time (each holds a dense block), writing disjoint rows of the result.
+    with ThreadPoolExecutor(workers) as pool:
+        pending: list[Future[None]] = []
+        for cluster in np.unique(labels):
+            members = np.flatnonzero(labels == cluster)
+            candidates = members if restrict else np.arange(n_rows)
+            right = _transposed(rows[candidates], mask[candidates], squares[candidates])
+            per_block = max(1, BLOCK_CELLS // max(len(candidates), 1))
+            for start in range(0, len(members), per_block):
+                block = members[start : start + per_block]
+                pending.append(pool.submit(search, block, candidates, right))
+                if len(pending) >= 2 * workers:
+                    pending.pop(0).result()
+        for future in pending:
+            future.result()
     return TopNeighbors(indices, similarity)
 
 
