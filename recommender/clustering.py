@@ -39,15 +39,20 @@ def kmeans(
     return KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit(features)
 
 
-def reduced_rows(rows: Any, n_components: int, seed: int = 0) -> Any:
+def reduced_rows(rows: Any, n_components: int, seed: int = 0, directions: bool = False) -> Any:
     """The rows projected on their top ``n_components`` singular directions (randomized SVD),
     so K-Means measures distances in a few dense dimensions instead of thousands of sparse
     ones; the rows as they are when ``n_components`` is 0 or not below their width. ``rows``
-    may be a SciPy sparse matrix."""
+    may be a SciPy sparse matrix. ``directions`` scales each projection to unit length:
+    users or items with few ratings project near the origin and would otherwise fall into
+    one cluster holding nearly all of them (spherical K-Means groups by taste, not volume)."""
     if n_components <= 0 or n_components >= min(rows.shape):
         return rows
     left, values, _ = randomized_svd(rows, n_components, random_state=seed)
-    return np.asarray(left * values, dtype=np.float64)
+    reduced = np.asarray(left * values, dtype=np.float64)
+    if directions:
+        reduced /= np.maximum(np.linalg.norm(reduced, axis=1, keepdims=True), 1e-12)
+    return reduced
 
 
 def cluster_labels(features: Any, n_clusters: int, seed: int = 0) -> np.ndarray:

@@ -209,8 +209,9 @@ class _Parts(ABC):
         wanted = self.config.based in (side, "both")
         if self.config.n_clusters <= 1 or not wanted:
             return None
-        features = reduced_rows(rows, self.config.cluster_components, self.config.seed)
-        return cluster_labels(features, self.config.n_clusters, self.config.seed)
+        config = self.config
+        features = reduced_rows(rows, config.cluster_components, config.seed, directions=True)
+        return cluster_labels(features, config.n_clusters, config.seed)
 
     @abstractmethod
     def base(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:

@@ -153,3 +153,17 @@ def test_without_refit_the_parts_fit_without_the_validation_share() -> None:
     assert len(twice.parts_.item_side.lists.keys) == len(train)
     users, items = train.raw_users()[:500], train.raw_items()[:500]
     assert np.abs(once.predict(users, items) - twice.predict(users, items)).mean() < 0.15
+
+
+def test_clusters_group_directions_not_volume() -> None:
+    # power-law popularity: most items have a handful of ratings and project near the origin
+    rng = np.random.default_rng(4)
+    weights = 1 / np.arange(1, 401) ** 1.1
+    items = rng.choice(400, 20000, p=weights / weights.sum())
+    users = rng.integers(0, 500, 20000)
+    stars = np.clip(np.round(3.5 + rng.normal(0, 1, 20000)), 1, 5)
+    model = KMeansKNN(engine="sparse", based="item", n_clusters=8).fit(
+        Ratings.from_arrays(users, items, stars)
+    )
+    sizes = np.bincount(model.cluster_labels_)
+    assert sizes.max() < 0.5 * sizes.sum()
