@@ -14,6 +14,7 @@ from sklearn.utils.extmath import randomized_svd
 
 from recommender.bias import fit_biases
 from recommender.data import Ratings
+from recommender.topk import sparse_rows
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +93,10 @@ def silhouette(features: np.ndarray, labels: np.ndarray, sample_size: int | None
     return float(silhouette_score(features, labels, sample_size=size, random_state=seed))
 
 
-def rating_features(ratings: Ratings, of: ClusterOf, features: ClusterFeatures) -> np.ndarray:
-    """Rows to cluster: per user (or item) its baseline residuals, raw ratings, 0/1 rated
-    flags (each over the other side), or for items the genre flags."""
+def rating_features(ratings: Ratings, of: ClusterOf, features: ClusterFeatures) -> Any:
+    """Rows to cluster: per user (or item) its baseline residuals, raw ratings or 0/1 rated
+    flags over the other side, as a sparse matrix (never users x items dense); for items,
+    the genre flags."""
     if features == "genres":
         if of != "items" or ratings.genres is None:
             raise ValueError("genre features need of='items' and Ratings carrying genres")
@@ -105,16 +107,18 @@ def rating_features(ratings: Ratings, of: ClusterOf, features: ClusterFeatures) 
         values = np.ones(len(ratings))
     else:
         values = ratings.values
-    dense = np.zeros((ratings.n_users, ratings.n_items))
-    dense[ratings.user_index, ratings.item_index] = values
-    return dense if of == "users" else dense.T
+    users, items = ratings.user_index, ratings.item_index
+    if of == "users":
+        return sparse_rows(users, items, values, (ratings.n_users, ratings.n_items))
+    return sparse_rows(items, users, values, (ratings.n_items, ratings.n_users))
 
 
 class RatingClusters:
     """K-Means of users or items from a :class:`Ratings` (notebook-friendly helper).
 
     ``RatingClusters(8, of="items", features="genres").fit(ratings).labels_``; with
-    ``n_components`` it clusters the features' top singular components, as :class:`KMeansKNN`.
+    ``n_components`` and ``directions`` it clusters the unit-length projections on the
+    features' top singular components, as :class:`KMeansKNN` does.
     """
 
     def __init__(
@@ -124,8 +128,10 @@ class RatingClusters:
         features: ClusterFeatures = "residuals",
         seed: int = 0,
         n_components: int = 0,
+        directions: bool = False,
     ) -> None:
         self.n_clusters = n_clusters
+        self.directions = directions
         self.of = of
         self.features = features
         self.seed = seed
@@ -133,7 +139,7 @@ class RatingClusters:
 
     def fit(self, ratings: Ratings) -> Self:
         rows = rating_features(ratings, self.of, self.features)
-        self.features_ = reduced_rows(rows, self.n_components, self.seed)
+        self.features_ = reduced_rows(rows, self.n_components, self.seed, self.directions)
         fitted = kmeans(self.features_, self.n_clusters, self.seed)
         self.labels_: np.ndarray = fitted.labels_
         self.cluster_centers_: np.ndarray = fitted.cluster_centers_

@@ -261,7 +261,7 @@ def cluster_diagnostics(
     silhouettes: list[float | None] = []
     sizes: dict[int, list[int]] = {}
     for k in sorted(n_clusters):
-        clusters = RatingClusters(k, of="users", n_components=components).fit(data)
+        clusters = RatingClusters(k, of="users", n_components=components, directions=True).fit(data)
         inertia.append(clusters.inertia_)
         silhouettes.append(clusters.silhouette() if k > 1 else None)
         sizes[k] = np.bincount(clusters.labels_, minlength=k).tolist()
