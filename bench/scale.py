@@ -1,16 +1,18 @@
 """Scale benchmark: ml-25m-shaped synthetic data through transform + load and the hybrid's fit.
 
     python bench/scale.py [--sizes 1M,5M,25M] [--clusters 1,8,32,128] [--cluster-sizes 5M]
-                          [--keep DIR] [--memory-limit-gib 0] [--fit-timeout 1800]
+                          [--keep DIR] [--memory-limit-gib 16] [--fit-timeout 1800]
 
 Per size: the synthetic ml-25m folder (``bench/synth.py``'s fast sampler; kept in ``--keep`` by
 size and seed, so a rerun reuses it), then two stages, each in its own process for its own
 peak RSS: "transform+load" (this project's CSV parsing, features and binary-COPY load into a
 fresh database of pgserver's PostgreSQL, whose own memory is not counted) and "fit+eval"
 (``KMeansKNN(**SCALE_CONFIG)`` fit on the ratings but a seeded 1% hold-out, RMSE on it). At the
-``--cluster-sizes``, one more fit per cluster count. A stage that fails, runs out of memory
-(a child can be capped at ``--memory-limit-gib`` of address space) or time is reported as
-such in the table; the goals are judged on the 25M row.
+``--cluster-sizes``, one more fit per cluster count. A stage that fails, goes over
+``--memory-limit-gib`` of resident memory or over its time is stopped and reported as
+such in the table; the goals are judged on the 25M row. The memory cap is on resident memory,
+watched from here: Polars reserves far more address space than it touches, so an
+address-space limit (RLIMIT_AS) would abort a transform well within its memory.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ HOLD_OUT_SHARE = 0.01
 DATASET = "ml-25m"
 GOAL_SIZE = "25M"
 GOAL_TRANSFORM_S, GOAL_FIT_S, GOAL_RSS_MIB = 180.0, 600.0, 8192.0
+WATCH_SECONDS = 0.5
 MULTIPLIERS = {"k": 1_000, "M": 1_000_000}
 EXACT_SIZES = {"25M": 25_000_095}  # ml-25m's own count
 # The tuned hybrid (its defaults: user and item neighbourhoods, 30 latent factors, the blend
@@ -175,15 +178,6 @@ def hold_out_split(path: Path) -> tuple[Any, Any]:
     return train, test
 
 
-def model_config(overrides: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """SCALE_CONFIG with ``overrides``, less the fields this KMeansKNNConfig does not know yet."""
-    from recommender import KMeansKNNConfig
-
-    params = {**SCALE_CONFIG, **overrides}
-    unknown = sorted(name for name in params if name not in KMeansKNNConfig.model_fields)
-    return {k: v for k, v in params.items() if k not in unknown}, unknown
-
-
 CHILDREN: dict[str, Callable[..., None]] = {
     "generate": lambda folder, label: generate(Path(folder), label),
     "transform": lambda folder, url: transform_and_load(Path(folder), url),
@@ -202,30 +196,52 @@ class Outcome:
 
 
 def run_child(args: list[str], memory_limit: int, timeout: float | None = None) -> Outcome:
-    def cap_memory() -> None:
-        # Off by default: Polars' allocator reserves far more address space than it touches,
-        # so an address-space cap aborts a transform whose resident memory is well within it.
-        if memory_limit > 0:
-            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
-
+    """Run one child stage; stop it when its resident memory or its time goes over the cap."""
     started = time.perf_counter()
-    try:
-        done = subprocess.run(
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(
             [sys.executable, __file__, "--child", *args],
-            capture_output=True,
-            text=True,
-            check=False,
+            stdout=out,
+            stderr=err,
             cwd=REPO,
-            timeout=timeout,
-            preexec_fn=cap_memory,
+            text=True,
         )
-    except subprocess.TimeoutExpired as expired:
-        stdout = expired.stdout.decode() if isinstance(expired.stdout, bytes) else expired.stdout
-        return Outcome(last_json(stdout or ""), f"timed out after {expired.timeout:.0f} s")
-    outcome = Outcome(last_json(done.stdout), None, time.perf_counter() - started)
-    if done.returncode != 0:
-        outcome.error = failure(done.returncode, done.stderr)
+        stopped = watch(child, memory_limit, timeout)
+        out.seek(0)
+        err.seek(0)
+        outcome = Outcome(last_json(out.read()), stopped, time.perf_counter() - started)
+        if stopped is None and child.returncode != 0:
+            outcome.error = failure(child.returncode, err.read())
     return outcome
+
+
+def watch(child: subprocess.Popen[str], memory_limit: int, timeout: float | None) -> str | None:
+    """Wait for ``child``; kill it and say why when it goes over ``memory_limit`` bytes of
+    resident memory (0: no cap) or ``timeout`` seconds."""
+    started = time.perf_counter()
+    while child.poll() is None:
+        resident = resident_bytes(child.pid)
+        if memory_limit and resident > memory_limit:
+            child.kill()
+            child.wait()
+            return (
+                f"stopped at {resident / 2**30:.1f} GiB resident (cap {memory_limit / 2**30:g} GiB)"
+            )
+        if timeout is not None and time.perf_counter() - started > timeout:
+            child.kill()
+            child.wait()
+            return f"timed out after {timeout:g} s"
+        time.sleep(WATCH_SECONDS)
+    return None
+
+
+def resident_bytes(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:  # it has just ended
+        return 0
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    return int(match[1]) * 1024 if match else 0
 
 
 def last_json(stdout: str) -> dict[str, Any]:
@@ -386,15 +402,17 @@ def main() -> None:
         default=Path(tempfile.gettempdir()) / "recsys-scale-data",
         help="where the synthetic folders are kept between runs (25M: 0.7 GB)",
     )
-    parser.add_argument("--memory-limit-gib", type=float, default=0.0, help="0: no cap")
+    parser.add_argument(
+        "--memory-limit-gib", type=float, default=16.0, help="resident memory per stage; 0: no cap"
+    )
     parser.add_argument("--fit-timeout", type=float, default=1800.0, help="seconds per fit")
     args = parser.parse_args()
     labels = args.sizes.split(",")
     memory = int(args.memory_limit_gib * 2**30)
-    config, unknown = model_config({})
-    print(f"KMeansKNN config: {config}")
-    if unknown:
-        print(f"  (not yet fields of KMeansKNNConfig, left out: {', '.join(unknown)})")
+    from recommender import KMeansKNNConfig
+
+    KMeansKNNConfig(**SCALE_CONFIG)  # an invalid config stops here, not after an hour of runs
+    print(f"KMeansKNN config: {SCALE_CONFIG}, the rest its defaults")
     import pgserver
 
     rows: list[SizeRow] = []
@@ -409,16 +427,15 @@ def main() -> None:
             transformed = run_child(["transform", str(folder), url], memory)
             drop_database(server.get_uri(), name)
             print(f"{label}: transform+load done in {transformed.wall_s:.0f} s")
-            fitted = run_child(["fit", str(folder), json.dumps(config)], memory, args.fit_timeout)
+            config = json.dumps(SCALE_CONFIG)
+            fitted = run_child(["fit", str(folder), config], memory, args.fit_timeout)
             print(f"{label}: fit+eval done in {fitted.wall_s:.0f} s")
             rows.append(SizeRow(label, generated, transformed, fitted))
             if label in args.cluster_sizes.split(","):
                 sweep = []
                 for clusters in (int(c) for c in args.clusters.split(",")):
-                    swept, _ = model_config({"n_clusters": clusters})
-                    outcome = run_child(
-                        ["fit", str(folder), json.dumps(swept)], memory, args.fit_timeout
-                    )
+                    swept = json.dumps({**SCALE_CONFIG, "n_clusters": clusters})
+                    outcome = run_child(["fit", str(folder), swept], memory, args.fit_timeout)
                     print(f"{label}: {clusters} clusters done in {outcome.wall_s:.0f} s")
                     sweep.append((clusters, outcome))
                 sweeps.append((label, sweep))
