@@ -400,6 +400,13 @@ class _SparseSide:
     lists: RatedLists
 
 
+def _both_ways(train: Ratings, residuals: np.ndarray) -> tuple[Any, Any]:
+    """The residuals as users x items and as items x users sparse rows."""
+    users, items = train.user_index, train.item_index
+    by_user = sparse_rows(users, items, residuals, (train.n_users, train.n_items))
+    return by_user, by_user.T.tocsr()
+
+
 class _SparseParts(_Parts):
     """The parts on sparse matrices: each item's (user's) top ``kept_neighbors`` found block-wise
     among the items (users) of its K-Means cluster, so no users x items or items x items
@@ -409,28 +416,27 @@ class _SparseParts(_Parts):
         super().__init__(train, config, held_out)
         users, items = train.user_index, train.item_index
         residuals = self.biases.residuals(train).astype(np.float32)
-        by_user = sparse_rows(users, items, residuals, (train.n_users, train.n_items))
+        by_user, by_item = _both_ways(train, residuals)
         self.user_labels = self._labels(by_user, "user")
-        self.item_labels = self._labels(by_user.T.tocsr(), "item")
+        self.item_labels = self._labels(by_item, "item")
         self.cluster_bias: _ClusterBias | None = None
         if config.cluster_biases and (self.user_labels is not None or self.item_labels is not None):
             self.cluster_bias = _ClusterBias.fit(
                 train, residuals, self, config.n_clusters, config.cluster_bias_damping
             )
             residuals = residuals - self.cluster_bias.at(users, items).astype(np.float32)
+            by_user, by_item = _both_ways(train, residuals)
             self.factors = _factors(train, config, residuals)
         else:
             key = ("kmeans_knn.factors", train.fingerprint, config_key(config, only=_FACTOR_FIELDS))
             self.factors = shared_component(key, lambda: _factors(train, config, residuals))
         self.item_side = self.user_side = None
         if config.based in ("item", "both"):
-            rows = sparse_rows(items, users, residuals, (train.n_items, train.n_users))
             lists = rated_lists(users, items, residuals, train.n_users, train.n_items)
-            self.item_side = _SparseSide(self._neighbors(rows, self.item_labels), lists)
+            self.item_side = _SparseSide(self._neighbors(by_item, self.item_labels), lists)
         if config.based in ("user", "both"):
-            rows = sparse_rows(users, items, residuals, (train.n_users, train.n_items))
             lists = rated_lists(items, users, residuals, train.n_items, train.n_users)
-            self.user_side = _SparseSide(self._neighbors(rows, self.user_labels), lists)
+            self.user_side = _SparseSide(self._neighbors(by_user, self.user_labels), lists)
 
     def _neighbors(self, rows: Any, labels: np.ndarray | None) -> TopNeighbors:
         config = self.config
