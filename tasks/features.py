@@ -100,7 +100,8 @@ affinity AS (
     LEFT JOIN per_genre p ON p.user_id = s.user_id AND p.genre_id = k.genre_id
 ),
 favourite AS (
-    SELECT user_id, arg_max(genre_id, affinity) AS favourite_genre_id
+    -- ties (to float noise: parallel sums differ in the last bits) go to the lower genre id
+    SELECT user_id, first(genre_id ORDER BY round(affinity, 9) DESC, genre_id) AS favourite_genre_id
     FROM affinity WHERE n > 0 GROUP BY user_id
 )
 SELECT u.user_id, u.age, u.gender, u.occupation,

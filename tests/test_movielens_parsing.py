@@ -8,7 +8,16 @@ import polars as pl
 import pytest
 
 from bench.synth import SyntheticSize, write_ml100k
-from tasks.movielens import ValidationError, curate_ml100k
+from tasks.movielens import (
+    RATING_DTYPES,
+    RATINGS_SPEC,
+    KnownIds,
+    ValidationError,
+    check_ratings,
+    curate_ml100k,
+    read_fields,
+    read_typed_fields,
+)
 
 SMALL = SyntheticSize(ratings=400, users=25, items=50)
 
@@ -142,3 +151,39 @@ def test_real_ml100k_parses_clean(ml100k_dir: Path) -> None:
     assert curated.genres.height == 19 and curated.occupations.height == 21
     titles = curated.items.filter(pl.col("item_id") == 543)["title"].to_list()
     assert titles == ["Misérables, Les (1995)"]
+
+
+def test_clean_ratings_read_typed_equal_the_line_by_line_reading(files: dict[str, bytes]) -> None:
+    data = files["u.data"]
+    users = curate_ml100k(files).users["user_id"]
+    items = curate_ml100k(files).items["item_id"]
+    typed = read_typed_fields(data, RATINGS_SPEC, RATING_DTYPES)
+    known = KnownIds(items, "u.item", users, "u.user")
+
+    assert typed is not None
+    fast = check_ratings(typed, "u.data", known)
+    slow = check_ratings(read_fields(data, RATINGS_SPEC), "u.data", known)
+    assert fast.rows.height == data.count(b"\n")
+    assert fast.rows.equals(slow.rows)
+    assert fast.rejects.height == slow.rejects.height == 0
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"", b"1\t2\t3", b"1\t2\t3\t4\t5", b"1\t2\tfive\t881250949", b"1\t2\t3.5\t881250949"],
+    ids=["blank", "short", "long", "text", "fraction"],
+)
+def test_the_typed_reader_declines_a_file_with_an_unclean_line(
+    files: dict[str, bytes], line: bytes
+) -> None:
+    data, _ = with_line(files["u.data"], line)
+
+    assert read_typed_fields(data, RATINGS_SPEC, RATING_DTYPES) is None
+
+
+def test_ids_beyond_postgres_integers_are_rejected(files: dict[str, bytes]) -> None:
+    files["u.data"], number = with_line(files["u.data"], b"2147483648\t2\t3\t881250949")
+
+    assert rejects_of(files) == [
+        ("u.data", number, "user_id", "user id must be a positive integer")
+    ]
