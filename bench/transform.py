@@ -159,7 +159,9 @@ def dataset_folder(label: str, real: Path, scratch: Path) -> Path:
     from bench.synth import SyntheticSize, write_ml100k
 
     folder = scratch / f"synthetic-{label}"
-    write_ml100k(folder, SyntheticSize.like_movielens(SIZES[label]), seed=0, folds=False)
+    if not (folder / ".complete").is_file():
+        write_ml100k(folder, SyntheticSize.like_movielens(SIZES[label]), seed=0, folds=False)
+        (folder / ".complete").touch()
     return folder
 
 
@@ -175,14 +177,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100k,1M,10M")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "ml-100k")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="keep the synthetic files in this folder and reuse them (10M takes minutes to write)",
+    )
     args = parser.parse_args()
-    import pgserver
+    from tasks.warehouse import EMBEDDED_SETTINGS, embedded_server
 
     with tempfile.TemporaryDirectory(prefix="bench-", dir="/tmp") as scratch:
-        server = pgserver.get_server(Path(scratch) / "pg", cleanup_mode="delete")
+        server = embedded_server(Path(scratch) / "pg", cleanup_mode="delete")
+        print(f"PostgreSQL: the embedded server as the pipeline runs it ({EMBEDDED_SETTINGS})")
         print("size   side    wall time      throughput    peak RSS   stages (s)")
         for label in args.sizes.split(","):
-            folder = dataset_folder(label, args.data, Path(scratch))
+            folder = dataset_folder(label, args.data, args.keep or Path(scratch))
             mine = measure("ours", folder, fresh_database(server.get_uri(), f"ours_{label}"))
             ref = measure("pandas", folder, fresh_database(server.get_uri(), f"pandas_{label}"))
             print_row(label, "ours", mine)

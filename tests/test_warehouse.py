@@ -229,7 +229,7 @@ def test_binary_copy_round_trips_every_type(warehouse: str) -> None:
 
 
 def test_embedded_postgres_when_no_url_is_set(
-    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+    monkeypatch: pytest.MonkeyPatch, small_tables: dict[str, pl.DataFrame]
 ) -> None:
     import tempfile
 
@@ -243,5 +243,10 @@ def test_embedded_postgres_when_no_url_is_set(
         migrate(url)
         assert (home / "postgres" / "PG_VERSION").is_file()
         assert current_version(url, "ml-100k") is None
+        # set up for bulk loads, and still the same server on the next call
+        assert read_table(url, "SHOW wal_level")["wal_level"].to_list() == ["minimal"]
+        assert resolve_database_url(load_settings()) == url
+        load_dataset(url, "ml-100k", "v1", small_tables)
+        assert table_counts(url, "ml-100k")["movielens.ratings"] == SMALL.ratings
     finally:
         pgserver.get_server(home / "postgres").cleanup()
