@@ -6,7 +6,7 @@
 Per size: the synthetic ml-25m folder (``bench/synth.py``'s fast sampler; kept in ``--keep`` by
 size and seed, so a rerun reuses it), then two stages, each in its own process for its own
 peak RSS: "transform+load" (this project's CSV parsing, features and binary-COPY load into a
-fresh database of pgserver's PostgreSQL, whose own memory is not counted) and "fit+eval"
+fresh database of the embedded PostgreSQL, whose own memory is not counted) and "fit+eval"
 (``KMeansKNN(**SCALE_CONFIG)`` fit on the ratings but a seeded 1% hold-out, RMSE on it). At the
 ``--cluster-sizes``, one more fit per cluster count. A stage that fails, goes over
 ``--memory-limit-gib`` of resident memory or over its time is stopped and reported as
@@ -413,12 +413,12 @@ def main() -> None:
 
     KMeansKNNConfig(**SCALE_CONFIG)  # an invalid config stops here, not after an hour of runs
     print(f"KMeansKNN config: {SCALE_CONFIG}, the rest its defaults")
-    import pgserver
+    from tasks.warehouse import embedded_server
 
     rows: list[SizeRow] = []
     sweeps: list[tuple[str, list[tuple[int, Outcome]]]] = []
     with tempfile.TemporaryDirectory(prefix="bench-scale-", dir="/tmp") as scratch:
-        server = pgserver.get_server(Path(scratch) / "pg", cleanup_mode="delete")
+        server = embedded_server(Path(scratch) / "pg", cleanup_mode="delete")
         for label in labels:
             folder, generated = synthetic_folder(args.keep, label, memory)
             print(f"{label}: data in {folder} ({generated.figures.get('seconds', 0):.1f} s)")
