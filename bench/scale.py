@@ -120,6 +120,7 @@ def transform_and_load(folder: Path, url: str) -> None:
     copies = {name: s for name, s in result.seconds.items() if name.startswith("copy ")}
     record["detail"]["copy ratings"] = copies.pop("copy movielens.ratings")
     record["detail"]["copy the rest"] = sum(copies.values())
+    record["detail"]["keys"] = sum(v for k, v in result.seconds.items() if k.startswith("keys "))
     record["detail"]["swap (indexes, keys)"] = result.seconds["swap"]
     emit(record)
 

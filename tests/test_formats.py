@@ -362,7 +362,7 @@ def test_another_fold_scheme_is_another_version(
     assert 0.15 * SMALL.ratings < held < 0.25 * SMALL.ratings
 
 
-def test_fold_zero_migration_upgrades_a_loaded_warehouse(
+def test_migrations_upgrade_a_loaded_warehouse(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import shutil
@@ -381,17 +381,26 @@ def test_fold_zero_migration_upgrades_a_loaded_warehouse(
     for name in ("V001__warehouse.sql", "V002__outbox_keys.sql"):
         shutil.copy(warehouse.MIGRATIONS / name, before / name)
     monkeypatch.setattr(warehouse, "MIGRATIONS", before)
+    monkeypatch.setattr(warehouse, "PARTITION_KEYS", {})  # the loader before V004
     warehouse.migrate(database_url)
     warehouse.load_dataset(database_url, "ml-1m", "v1", tables("ml-1m", RANDOM))
     monkeypatch.undo()
 
     applied = warehouse.migrate(database_url)
+    old_partition = warehouse.partition_name("movielens.ratings", "ml-1m", "v1")
+    migrated_keys = warehouse.read_table(
+        database_url,
+        "SELECT contype::text AS kind FROM pg_constraint WHERE conrelid = %s::regclass"
+        " AND contype IN ('p', 'f') ORDER BY 1",
+        (old_partition,),
+    )
     temporal = warehouse.load_dataset(
         database_url, "ml-25m", "v1", tables("ml-25m", FoldRule("temporal"))
     )
     reloaded = warehouse.load_dataset(database_url, "ml-1m", "v2", tables("ml-1m", RANDOM))
 
-    assert applied == ["V003__fold_zero"]
+    assert applied == ["V003__fold_zero", "V004__ratings_keys_on_ids"]
+    assert migrated_keys["kind"].to_list() == ["f", "f", "p"]  # V004 keyed the loaded partition
     assert temporal.loaded and reloaded.loaded
     assert folds_in_warehouse(database_url, "ml-25m") == [0, 1]
     with (

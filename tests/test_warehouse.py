@@ -70,7 +70,12 @@ def partitions(url: str) -> list[str]:
 
 
 def test_migrations_apply_once(database_url: str) -> None:
-    assert migrate(database_url) == ["V001__warehouse", "V002__outbox_keys", "V003__fold_zero"]
+    assert migrate(database_url) == [
+        "V001__warehouse",
+        "V002__outbox_keys",
+        "V003__fold_zero",
+        "V004__ratings_keys_on_ids",
+    ]
     assert migrate(database_url) == []
 
 
@@ -84,6 +89,40 @@ def test_load_fills_every_table(warehouse: str, small_tables: dict[str, pl.DataF
     recorded = read_table(warehouse, "SELECT version, row_counts FROM ops.loads")
     assert recorded["version"].to_list() == ["v1"]
     assert recorded["row_counts"][0]["movielens.ratings"] == 3000
+
+
+@pytest.mark.parametrize(
+    ("case", "error"),
+    [
+        ("unknown item", psycopg.errors.ForeignKeyViolation),
+        ("user of another dataset", psycopg.errors.ForeignKeyViolation),
+        ("pair rated already", psycopg.errors.UniqueViolation),
+    ],
+)
+def test_loaded_ratings_keep_their_keys(
+    warehouse: str,
+    small_tables: dict[str, pl.DataFrame],
+    other_tables: dict[str, pl.DataFrame],
+    case: str,
+    error: type[Exception],
+) -> None:
+    load_dataset(warehouse, "ml-100k", "v1", small_tables)
+    load_dataset(warehouse, "other", "v1", other_tables)
+    first = small_tables["movielens.ratings"].row(0, named=True)
+    stranger = int(other_tables["movielens.users"]["user_id"].max()) + 1
+    assert stranger in small_tables["movielens.users"]["user_id"]  # known in ml-100k only
+    dataset, user, item = {
+        "unknown item": ("ml-100k", first["user_id"], 99999),
+        "user of another dataset": ("other", stranger, 1),
+        "pair rated already": ("ml-100k", first["user_id"], first["item_id"]),
+    }[case]
+
+    with pytest.raises(error), connect(warehouse) as conn:
+        conn.execute(
+            "INSERT INTO movielens.ratings (dataset, user_id, item_id, rating, rated_at, test_fold)"
+            " VALUES (%s, %s, %s, 3, now(), 1)",
+            (dataset, user, item),
+        )
 
 
 def test_loaded_values_match_the_frames(
