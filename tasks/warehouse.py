@@ -30,7 +30,7 @@ from tasks.caching import DATA_CONTENT
 from tasks.config import load_settings
 from tasks.features import FeatureSet, read_lake_parquet
 from tasks.lake import Lake
-from tasks.movielens import CuratedDataset
+from tasks.movielens import CuratedDataset, pair_key
 
 if TYPE_CHECKING:
     from tasks.config import Settings
@@ -476,7 +476,7 @@ def warehouse_tables(
         "movielens.item_genres": curated["item_genres"],
         # in primary-key order: PostgreSQL's index build then finds its input presorted
         "movielens.ratings": with_folds(curated["ratings"], curated["folds"])
-        .sort(pl.col("user_id").cast(pl.Int64) * 2**32 + pl.col("item_id"))
+        .sort(pair_key())
         .select(
             "user_id",
             "item_id",
