@@ -201,7 +201,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-", dir="/tmp") as scratch:
         server = embedded_server(Path(scratch) / "pg", cleanup_mode="delete")
-        print(f"PostgreSQL: the embedded server as the pipeline runs it ({EMBEDDED_SETTINGS})")
+        import psycopg
+
+        with psycopg.connect(server.get_uri()) as conn:
+            actual = {k: conn.execute(f"SHOW {k}").fetchone()[0] for k in EMBEDDED_SETTINGS}  # type: ignore[index]
+        print(f"PostgreSQL: the embedded server as the pipeline runs it ({actual})")
         print("size   side    wall time      throughput    peak RSS   stages (s)")
         for label in args.sizes.split(","):
             folder = dataset_folder(label, args.data, args.keep or Path(scratch))

@@ -681,7 +681,10 @@ def check_ratings(parsed: Parsed, file: str, known: KnownIds, half_stars: bool =
         Rule("item_id", item.is_in(known.items.implode()), f"item not in {known.items_file}"),
         Rule(
             "item_id",
-            pl.lit(True) if all_distinct else pair.is_first_distinct(),
+            # rows with a bad id (a null pair) are rejected for it, not as duplicates
+            pl.lit(True)
+            if all_distinct
+            else pair.is_first_distinct() | ~valid_ids.fill_null(False),
             "duplicate (user, item) pair: the user rated this item on an earlier line",
         ),
     ]
@@ -931,10 +934,10 @@ def member_rating_fields(member: MovieLensSet, files: dict[str, bytes]) -> Parse
     if member.layout is Layout.CSV:
         spec = FileSpec(name, ",", RATING_COLUMNS, header=CSV_HEADERS[RATING_COLUMNS])
         return read_typed_fields(data, spec, dtypes) or read_csv_fields(data, spec)
-    # Polars splits on one byte, not "::": the typed reader gets tabs (any stray tab or colon
-    # then fails it, and the line reader names the line)
+    # Polars splits on one byte, not "::": the typed reader gets tabs instead, unless the file
+    # has tabs of its own (the line reader then names those lines)
     spec = FileSpec(name, "\t", RATING_COLUMNS)
-    typed = read_typed_fields(data.replace(b"::", b"\t"), spec, dtypes)
+    typed = None if b"\t" in data else read_typed_fields(data.replace(b"::", b"\t"), spec, dtypes)
     return typed or member_fields(member, files, name, RATING_COLUMNS)
 
 
@@ -1053,7 +1056,7 @@ def random_folds(ratings: pl.DataFrame, seed: int) -> pl.DataFrame:
     pairs = ratings.select("user_id", "item_id").sort(pair_key())
     rng = np.random.default_rng(seed)
     user = pl.col("user_id").rle_id()  # 0, 1, ... by user: the pairs are sorted
-    first = pl.Series(rng.integers(0, FOLD_COUNT, size=pairs.select(user.max()).item() + 1))
+    first = pl.Series(rng.integers(0, FOLD_COUNT, size=pairs["user_id"].n_unique()))
     turn = pl.col("draw").rank("ordinal").over("user_id").cast(pl.Int64) - 1
     fold = (turn + pl.lit(first, pl.Int64).gather(user)) % FOLD_COUNT + 1
     return pairs.with_columns(pl.Series("draw", rng.random(pairs.height))).select(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -93,21 +94,30 @@ EMBEDDED_SETTINGS = {"wal_level": "minimal", "max_wal_senders": "0"}
 
 def embedded_server(folder: Path, cleanup_mode: str | None = "stop") -> Any:
     """pgserver's bundled PostgreSQL in ``folder`` (created on first use) with
-    ``EMBEDDED_SETTINGS``; a server that lacks them is set and restarted, once."""
+    ``EMBEDDED_SETTINGS``. A server that lacks them gets them, and is restarted when this process
+    is its only user; otherwise they take effect when it next starts."""
     import pgserver  # the embedded default only: a bundled PostgreSQL, started on demand
 
     server = pgserver.get_server(folder, cleanup_mode=cleanup_mode)
-    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
-        stale = {
-            name: value
-            for name, value in EMBEDDED_SETTINGS.items()
-            if conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone() != (value,)
-        }
-        for name, value in stale.items():
-            conn.execute(
-                sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
-            )
-    if stale:
+    with server._lock:  # pgserver's inter-process lock: one process at a time sets and restarts
+        with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+            stale = {
+                name: value
+                for name, value in EMBEDDED_SETTINGS.items()
+                if conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()
+                != (value,)
+            }
+            for name, value in stale.items():
+                conn.execute(
+                    sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                        sql.Identifier(name), sql.Literal(value)
+                    )
+                )
+        if not stale:
+            return server
+        if server.global_process_id_list.get() != [os.getpid()]:
+            logger.info("the embedded PostgreSQL gets %s when it next starts", stale)
+            return server
         logger.info("restarting the embedded PostgreSQL in %s to apply %s", folder, stale)
         pgserver.pg_ctl(  # type: ignore[attr-defined]  # made by a factory
             ["-w", "-m", "fast", "-l", str(server.log), "restart"],

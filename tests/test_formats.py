@@ -175,6 +175,8 @@ def test_bytes_that_are_not_the_files_encoding_name_the_file_and_line(tmp_path: 
         ("ml-1m", "ratings.dat", "1::{item}::3.5::978300760", "rating", "rating must be an integer 1..5"),
         ("ml-1m", "ratings.dat", "999::{item}::3::978300760", "user_id", "user not in users.dat"),
         ("ml-1m", "ratings.dat", "1::{item}::3", "line", "expected 4 fields separated by '::'"),
+        ("ml-1m", "ratings.dat", "1\t{item}\t3\t978300760", "line",
+         "expected 4 fields separated by '::'"),
         ("ml-1m", "users.dat", "900::X::25::3::12345", "gender", "gender must be M or F"),
         ("ml-1m", "users.dat", "900::M::30::3::12345", "age",
          "age must be an age group of 1, 18, 25, 35, 45, 50, 56"),

@@ -15,6 +15,7 @@ from tasks.movielens import (
     ValidationError,
     check_ratings,
     curate_ml100k,
+    random_folds,
     read_fields,
     read_typed_fields,
 )
@@ -187,3 +188,19 @@ def test_ids_beyond_postgres_integers_are_rejected(files: dict[str, bytes]) -> N
     assert rejects_of(files) == [
         ("u.data", number, "user_id", "user id must be a positive integer")
     ]
+
+
+def test_lines_with_bad_ids_are_not_also_duplicates(files: dict[str, bytes]) -> None:
+    files["u.data"], first = with_line(files["u.data"], b"0\t2\t3\t881250949")
+    files["u.data"], second = with_line(files["u.data"], b"-1\t3\t3\t881250949")
+
+    assert rejects_of(files) == [
+        ("u.data", first, "user_id", "user id must be a positive integer"),
+        ("u.data", second, "user_id", "user id must be a positive integer"),
+    ]
+
+
+def test_random_folds_of_no_ratings_are_empty() -> None:
+    none = pl.DataFrame(schema={"user_id": pl.Int32, "item_id": pl.Int32})
+
+    assert random_folds(none, seed=0).height == 0
