@@ -4,6 +4,10 @@
 -- same keys as (dataset, ...) on the parent, but PostgreSQL builds and checks them on two
 -- integers instead of a text and two integers: 40% of a 10M-rating load's key work
 -- (tasks/warehouse.py, PARTITION_KEYS, adds them to every new partition before it is attached).
+-- planned as the loads plan them (tasks/warehouse.py): sorts in memory, hash anti-joins
+SET LOCAL maintenance_work_mem = '1GB';
+SET LOCAL enable_mergejoin = off;
+SET LOCAL enable_nestloop = off;
 ALTER TABLE movielens.ratings DROP CONSTRAINT ratings_dataset_user_id_fkey;
 ALTER TABLE movielens.ratings DROP CONSTRAINT ratings_dataset_item_id_fkey;
 ALTER TABLE movielens.ratings DROP CONSTRAINT ratings_pkey;
