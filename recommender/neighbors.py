@@ -127,16 +127,15 @@ def neighborhood_average(
         total = np.cumsum(weights, axis=1, dtype=np.float64)
         for k in counts:
             column = min(k, weights.shape[1]) - 1
-            denominator = total[:, column] + damping
-            average = np.divide(
-                weighted[:, column],
-                denominator,
-                out=np.zeros(len(chunk)),
-                where=denominator > 1e-9,
-            )
-            results[k][0][chunk] = average
+            results[k][0][chunk] = damped_average(weighted[:, column], total[:, column], damping)
             results[k][1][chunk] = total[:, column]
     return results
+
+
+def damped_average(weighted: np.ndarray, total: np.ndarray, damping: float) -> np.ndarray:
+    """``weighted / (total + damping)``, 0 where that denominator is (about) 0."""
+    denominator = total + damping
+    return np.divide(weighted, denominator, out=np.zeros(len(total)), where=denominator > 1e-9)
 
 
 def length_buckets(lengths: np.ndarray, max_cells: int = _MAX_BUCKET_CELLS) -> list[np.ndarray]:

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from recommender.neighbors import RatedLists, Similarity
+from recommender.neighbors import RatedLists, Similarity, damped_average
 
 logger = logging.getLogger(__name__)
 
@@ -199,9 +199,6 @@ def top_k_average(
             kept = np.where(used & (rank <= k), weights, np.float32(0.0))
             total = kept.sum(axis=1, dtype=np.float64)
             weighted = (kept * values).sum(axis=1, dtype=np.float64)
-            denominator = total + damping
-            results[k][0][chunk] = np.divide(
-                weighted, denominator, out=np.zeros(len(total)), where=denominator > 1e-9
-            )
+            results[k][0][chunk] = damped_average(weighted, total, damping)
             results[k][1][chunk] = total
     return results
