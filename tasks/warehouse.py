@@ -202,9 +202,9 @@ def load_dataset(
             return result
         # Adding keys to a filled partition, and attaching it, builds its indexes and checks its
         # foreign keys in bulk, with one anti-join per key against the (small) referenced
-        # table. On fresh tables the planner
-        # picks a merge join that sorts every rating (12.8 s at 10M) where a hash anti-join
-        # takes 1.4 s, so this transaction plans with hashes and sorts in memory.
+        # table. On fresh tables the planner picks a merge join that sorts every rating (12.8 s
+        # at 10M) where a hash anti-join takes 1.4 s, so this transaction plans with hashes and
+        # sorts in memory.
         conn.execute(f"SET LOCAL maintenance_work_mem = '{LOAD_MEMORY}'")
         conn.execute(f"SET LOCAL work_mem = '{LOAD_MEMORY}'")
         conn.execute("SET LOCAL enable_mergejoin = off")
