@@ -67,16 +67,17 @@ def item_features(
 def _genre_one_hot(
     item_ids: pl.DataFrame, item_genres: pl.DataFrame, genres: pl.DataFrame
 ) -> pl.DataFrame:
-    columns = [f"genre_{genre_slug(name)}" for name in genres.sort("genre_id")["name"]]
-    flags = item_genres.join(genres, on="genre_id").with_columns(
-        pl.col("name").map_elements(lambda n: f"genre_{genre_slug(n)}", return_dtype=pl.String)
-    )
-    wide = flags.with_columns(pl.lit(1, pl.Int8).alias("flag")).pivot(
-        on="name", index="item_id", values="flag"
-    )
-    missing = [pl.lit(0, pl.Int8).alias(c) for c in columns if c not in wide.columns]
-    return item_ids.join(wide.with_columns(missing), on="item_id", how="left").select(
-        "item_id", *(pl.col(c).fill_null(0).cast(pl.Int8) for c in columns)
+    members = dict(item_genres.group_by("genre_id").agg("item_id").iter_rows())
+    dtype = item_ids["item_id"].dtype
+    return item_ids.select(
+        "item_id",
+        *(
+            pl.col("item_id")
+            .is_in(pl.Series(members.get(genre_id, []), dtype=dtype).implode())
+            .cast(pl.Int8)
+            .alias(f"genre_{genre_slug(name)}")
+            for genre_id, name in genres.sort("genre_id").select("genre_id", "name").iter_rows()
+        ),
     )
 
 
@@ -133,7 +134,7 @@ def user_features(
             ("item_genres", item_genres),
             ("genres", genres),
         ):
-            con.register(name, frame)
+            con.register(name, ArrowStream(frame))
         features = _query(con, USER_FEATURES_SQL, {"damping": damping})
     columns = [f"affinity_{genre_slug(n)}" for n in genres.sort("genre_id")["name"]]
     return features.with_columns(
@@ -155,10 +156,19 @@ def read_lake_parquet(lake: Lake, keys: dict[str, str]) -> dict[str, pl.DataFram
         }
 
 
+class ArrowStream:
+    """A Polars frame as DuckDB reads it: over the Arrow C stream interface, a fresh stream per
+    scan, with no pyarrow table in between (importing pyarrow alone takes 50 ms)."""
+
+    def __init__(self, frame: pl.DataFrame) -> None:
+        self.frame = frame
+
+    def __arrow_c_stream__(self, requested_schema: object | None = None) -> object:
+        return self.frame.__arrow_c_stream__(requested_schema)
+
+
 def _query(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, object]) -> pl.DataFrame:
-    frame = pl.from_arrow(con.sql(sql, params=params).to_arrow_table())
-    assert isinstance(frame, pl.DataFrame)
-    return frame
+    return pl.DataFrame(con.sql(sql, params=params))  # over the Arrow C stream interface too
 
 
 def _duckdb_path(lake: Lake, key: str) -> str:
