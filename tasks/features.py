@@ -36,11 +36,13 @@ def item_features(
 ) -> pl.DataFrame:
     """Per item: genre one-hot, release year, rating count, mean, damped mean, popularity rank."""
     global_mean = float(ratings["rating"].mean() or 0.0)  # type: ignore[arg-type]
+    # whole stars sum exactly as integers (Polars sums Int8 into Int64), half stars in float64
+    rating = pl.col("rating")
+    total = rating.sum() if ratings.schema["rating"].is_integer() else rating.cast(pl.Float64).sum()
     stats = ratings.group_by("item_id").agg(
-        pl.len().alias("rating_count"),
-        pl.col("rating").cast(pl.Float64).sum().alias("rating_sum"),
-        pl.col("rating").cast(pl.Float64).mean().alias("rating_mean"),
+        pl.len().alias("rating_count"), total.alias("rating_sum")
     )
+    stats = stats.with_columns((pl.col("rating_sum") / pl.col("rating_count")).alias("rating_mean"))
     one_hot = _genre_one_hot(items.select("item_id"), item_genres, genres)
     count = pl.col("rating_count").fill_null(0)
     return (

@@ -13,7 +13,7 @@ import logging
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
@@ -413,11 +413,17 @@ class Parsed:
     """Valid rows of one file (with their ``line``) and the rejected ones.
 
     ``typed``: the fields already hold numbers (the fast reader's), not the text of each field.
+    ``lines``: how many lines the file has, when the reader counted them.
     """
 
     rows: pl.DataFrame
     rejects: pl.DataFrame
     typed: bool = False
+    lines: int | None = None
+
+
+def count_lines(data: bytes) -> int:
+    return data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
 
 
 def read_lines(data: bytes, encoding: str, file: str) -> pl.DataFrame:
@@ -493,7 +499,7 @@ def read_typed_fields(data: bytes, spec: FileSpec, dtypes: dict[str, pl.DataType
         )
     except (pl.exceptions.PolarsError, UnicodeDecodeError):
         return None
-    lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    lines = count_lines(data)
     if rows.height != lines - skip or any(rows.null_count().row(0)):
         return None  # a blank or short line: Polars reads it as nulls
     return Parsed(
@@ -502,6 +508,7 @@ def read_typed_fields(data: bytes, spec: FileSpec, dtypes: dict[str, pl.DataType
         ),
         rejects=pl.DataFrame(schema=REJECT_SCHEMA),
         typed=True,
+        lines=lines,
     )
 
 
@@ -510,6 +517,10 @@ def apply_rules(parsed: Parsed, file: str, rules: list[Rule]) -> Parsed:
     checks = parsed.rows.with_columns(
         rule.valid.fill_null(False).alias(f"__ok_{i}") for i, rule in enumerate(rules)
     )
+    verdicts = [f"__ok_{i}" for i in range(len(rules))]
+    all_ok = pl.all_horizontal(verdicts)
+    if checks.select(all_ok.all()).item():  # the usual case: skip a filter per rule
+        return replace(parsed, rows=checks.drop(verdicts))
     rejects = []
     for i, rule in enumerate(rules):
         earlier = [f"__ok_{j}" for j, other in enumerate(rules[:i]) if other.field == rule.field]
@@ -523,9 +534,8 @@ def apply_rules(parsed: Parsed, file: str, rules: list[Rule]) -> Parsed:
                 rule.reason,
             )
         )
-    all_ok = pl.all_horizontal(pl.col(f"__ok_{i}") for i in range(len(rules)))
-    rows = checks.filter(all_ok).drop([f"__ok_{i}" for i in range(len(rules))])
-    return Parsed(rows=rows, rejects=pl.concat([parsed.rejects, *rejects]), typed=parsed.typed)
+    rows = checks.filter(all_ok).drop(verdicts)
+    return replace(parsed, rows=rows, rejects=pl.concat([parsed.rejects, *rejects]))
 
 
 def _rejects(
@@ -696,7 +706,7 @@ def check_ratings(parsed: Parsed, file: str, known: KnownIds, half_stars: bool =
         number("rating", pl.Float64()).cast(pl.Float32 if half_stars else pl.Int8).alias("rating"),
         number("timestamp").alias("timestamp"),
     )
-    return Parsed(rows=rows, rejects=checked.rejects)
+    return Parsed(rows=rows, rejects=checked.rejects, lines=parsed.lines)
 
 
 def parse_ratings(data: bytes, file: str, users: pl.Series, items: pl.Series) -> Parsed:
@@ -788,7 +798,7 @@ def curate_ml100k(files: dict[str, bytes]) -> CuratedTables:
     )
     items = parse_items(files["u.item"])
     ratings = parse_ratings(files["u.data"], "u.data", users.rows["user_id"], items.rows["item_id"])
-    line_count = files["u.data"].count(b"\n") + (0 if files["u.data"].endswith(b"\n") else 1)
+    line_count = ratings.lines if ratings.lines is not None else count_lines(files["u.data"])
     folds = assign_folds(ratings.rows, line_count)
     check_official_folds(folds, {n: d for n, d in files.items() if n.endswith(".test")})
     genre_names = genres.rows if genres is not None else _default_genres()
