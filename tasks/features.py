@@ -102,21 +102,21 @@ affinity AS (
     FROM user_stats s CROSS JOIN genres k
     LEFT JOIN per_genre p ON p.user_id = s.user_id AND p.genre_id = k.genre_id
 ),
-favourite AS (
-    -- ties (to float noise: parallel sums differ in the last bits) go to the lower genre id
-    SELECT user_id, first(genre_id ORDER BY round(affinity, 9) DESC, genre_id) AS favourite_genre_id
-    FROM affinity WHERE n > 0 GROUP BY user_id
+profile AS (
+    -- favourite: ties (to float noise: parallel sums differ in the last bits) go to the lower
+    -- genre id
+    SELECT user_id, list(affinity ORDER BY genre_id) AS affinity,
+           first(genre_id ORDER BY round(affinity, 9) DESC, genre_id) FILTER (WHERE n > 0)
+               AS favourite_genre_id
+    FROM affinity GROUP BY user_id
 )
 SELECT u.user_id, u.age, u.gender, u.occupation,
        coalesce(s.rating_count, 0)::INTEGER AS rating_count, s.rating_mean, s.rating_std,
-       list(a.affinity ORDER BY a.genre_id) FILTER (WHERE a.genre_id IS NOT NULL) AS affinity,
-       any_value(g.name) AS favourite_genre
+       p.affinity, g.name AS favourite_genre
 FROM users u
 LEFT JOIN user_stats s USING (user_id)
-LEFT JOIN affinity a USING (user_id)
-LEFT JOIN favourite f USING (user_id)
-LEFT JOIN genres g ON g.genre_id = f.favourite_genre_id
-GROUP BY ALL
+LEFT JOIN profile p USING (user_id)
+LEFT JOIN genres g ON g.genre_id = p.favourite_genre_id
 ORDER BY u.user_id
 """
 

@@ -59,6 +59,7 @@ def test_user_features_by_hand() -> None:
     assert features["affinity_drama"][0] == pytest.approx(11 / 3)
     assert features["favourite_genre"].to_list() == ["Action", "Action", None]
     assert features["affinity_drama"][1] == pytest.approx(1.0)  # no Drama: the user's mean
+    assert features.row(2, named=True)["affinity_action"] is None  # no ratings: no profile
 
 
 def test_features_of_a_training_fold_ignore_other_ratings() -> None:
