@@ -381,8 +381,8 @@ def copy_frame(
     only into a table created in the current transaction.
 
     NumPy encodes the rows in bulk: a frame of fixed-width columns without nulls (the ratings)
-    as one record array, any other (text, nulls, arrays) field by field. Only a list column
-    with null elements goes row by row through psycopg's binary dumpers.
+    as one record array, any other (text, nulls, arrays) field by field. Lists with null
+    elements, of text or of lists go row by row through psycopg's binary dumpers.
     """
     names = sql.SQL(", ").join(sql.Identifier(name) for name in frame.columns)
     options = sql.SQL(", FREEZE" if freeze else "")
@@ -421,7 +421,8 @@ def _fixed_layout(series: pl.Series, pg: str) -> str | None:
         return BINARY_LAYOUT[pg]
     if pg == "text" and series.len():
         widths = series.str.len_bytes()
-        if widths.min() == widths.max():
+        # NumPy's bytes strings hold ASCII only: other text goes field by field
+        if widths.min() == widths.max() and widths.equals(series.str.len_chars()):
             return f"S{widths[0]}"
     return None
 
@@ -506,9 +507,11 @@ def _interleave(pieces: list[Piece]) -> bytes:
     in_row_order = sizes.T.ravel()
     starts = (np.cumsum(in_row_order) - in_row_order).reshape(sizes.shape[::-1]).T
     out = np.empty(int(in_row_order.sum()), dtype=np.uint8)
+    index = np.int32 if out.size < 2**31 else np.int64  # an index per byte: keep it small
     for (values, _), size, start in zip(pieces, sizes, starts, strict=True):
         source = np.cumsum(size) - size
-        out[np.repeat(start - source, size) + np.arange(values.size)] = values
+        shift = np.repeat((start - source).astype(index), size)
+        out[shift + np.arange(values.size, dtype=index)] = values
     return out.tobytes()
 
 
@@ -609,7 +612,10 @@ def warehouse_tables(
             "rating_count",
             "rating_mean",
             "rating_std",
-            pl.concat_arr(affinity_columns).cast(pl.List(pl.Float64)).alias("genre_affinity"),
+            # a user without ratings has no profile (not 19 nulls)
+            pl.when(pl.any_horizontal(pl.col(affinity_columns).is_not_null()))
+            .then(pl.concat_arr(affinity_columns).cast(pl.List(pl.Float64)))
+            .alias("genre_affinity"),
             "favourite_genre",
         ),
     }

@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 
 from tasks.features import genre_slug, item_features, user_features
+from tasks.warehouse import warehouse_tables
 
 # Two users, three items; genres: 0 Action, 1 Drama. Item 1 Action, item 2 Drama, item 3 both.
 RATINGS = pl.DataFrame(
@@ -60,6 +61,27 @@ def test_user_features_by_hand() -> None:
     assert features["favourite_genre"].to_list() == ["Action", "Action", None]
     assert features["affinity_drama"][1] == pytest.approx(1.0)  # no Drama: the user's mean
     assert features.row(2, named=True)["affinity_action"] is None  # no ratings: no profile
+
+
+def test_a_user_without_ratings_has_no_genre_profile_in_the_warehouse() -> None:
+    ratings = RATINGS.with_columns(pl.lit(874965758).alias("timestamp"))
+    curated = {
+        "genres": GENRES,
+        "occupations": USERS.select(pl.col("occupation").alias("name")),
+        "users": USERS,
+        "items": ITEMS,
+        "item_genres": ITEM_GENRES,
+        "ratings": ratings,
+        "folds": ratings.select("user_id", "item_id", pl.lit(1, pl.Int8).alias("test_fold")),
+    }
+    items = item_features(RATINGS, ITEMS, ITEM_GENRES, GENRES)
+    users = user_features(RATINGS, USERS, ITEM_GENRES, GENRES, damping=1.0)
+
+    shaped = warehouse_tables(curated, items, users)["features.user_features"].sort("user_id")
+
+    profiles = shaped["genre_affinity"].to_list()
+    assert profiles[0] == pytest.approx([13 / 3, 11 / 3])
+    assert profiles[2] is None
 
 
 def test_features_of_a_training_fold_ignore_other_ratings() -> None:

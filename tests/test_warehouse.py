@@ -260,7 +260,13 @@ def test_binary_copy_round_trips_every_type(warehouse: str) -> None:
         },
     )
     fixed = frame.select(
-        "i", pl.lit("ml-1m").alias("k"), "ts", pl.col("d").fill_null(date(2000, 1, 1))
+        "i",
+        pl.lit("ml-1m").alias("k"),
+        "ts",
+        pl.col("d").fill_null(date(2000, 1, 1)),
+        # as many bytes in each value, not all ASCII; and a constant
+        pl.Series(["é", "ab", "ü"]).alias("u"),
+        pl.lit("modèle").alias("m"),
     )
     # a null inside an array: PostgreSQL's array format has a null bitmap, psycopg writes it
     holes = pl.DataFrame({"i": [1, 2], "a": [[1.0, None], None]})
@@ -269,7 +275,7 @@ def test_binary_copy_round_trips_every_type(warehouse: str) -> None:
             "CREATE TABLE t1 (i integer, f double precision, t text, d date, ts timestamptz,"
             " a double precision[], s smallint[], b boolean, n bigint, r real)"
         )
-        conn.execute("CREATE TABLE t2 (i integer, k text, ts timestamptz, d date)")
+        conn.execute("CREATE TABLE t2 (i integer, k text, ts timestamptz, d date, u text, m text)")
         conn.execute("CREATE TABLE t3 (i bigint, a double precision[])")
         copy_frame(conn, sql.Identifier("t1"), frame)
         copy_frame(conn, sql.Identifier("t2"), fixed)
