@@ -689,7 +689,7 @@ def check_ratings(parsed: Parsed, file: str, known: KnownIds, half_stars: bool =
         else []
     )
     valid_ids = user.is_between(1, ID_MAX) & item.is_between(1, ID_MAX)
-    pair = pl.when(valid_ids).then(user * 2**32 + item)
+    pair = pl.when(valid_ids).then(pair_key(user, item))
     all_distinct = parsed.rows.select(pair.n_unique()).item() == parsed.rows.height
     rules = [
         Rule("user_id", user.is_between(1, ID_MAX), "user id must be a positive integer"),
@@ -1083,9 +1083,12 @@ def random_folds(ratings: pl.DataFrame, seed: int) -> pl.DataFrame:
     )
 
 
-def pair_key() -> pl.Expr:
-    """(user_id, item_id) as one int64 that sorts like the pair: a sort on it is 2x faster."""
-    return pl.col("user_id").cast(pl.Int64) * 2**32 + pl.col("item_id")
+def pair_key(user: pl.Expr | None = None, item: pl.Expr | None = None) -> pl.Expr:
+    """(user_id, item_id), or the ``user`` and ``item`` ids given, as one int64 that sorts like
+    the pair: a sort on it is 2x faster, and it is distinct exactly when the pairs are."""
+    user = pl.col("user_id") if user is None else user
+    item = pl.col("item_id") if item is None else item
+    return user.cast(pl.Int64) * 2**32 + item
 
 
 def temporal_folds(ratings: pl.DataFrame, share: float = TEMPORAL_TEST_SHARE) -> pl.DataFrame:
