@@ -115,6 +115,23 @@ def test_bad_item_lines_are_rejected(
     assert rejects_of(files) == [("u.item", number, field, reason)]
 
 
+def test_a_pair_whose_first_line_is_rejected_is_still_a_duplicate(
+    files: dict[str, bytes],
+) -> None:
+    files["u.data"], first = with_line(files["u.data"], b"1\t2\t6\t881250949")
+    files["u.data"], second = with_line(files["u.data"], b"1\t2\t3\t881250949")
+
+    assert rejects_of(files) == [
+        ("u.data", first, "rating", "rating must be an integer 1..5"),
+        (
+            "u.data",
+            second,
+            "item_id",
+            "duplicate (user, item) pair: the user rated this item on an earlier line",
+        ),
+    ]
+
+
 def test_latin1_titles_and_missing_dates_survive(files: dict[str, bytes]) -> None:
     files["u.item"], _ = with_line(files["u.item"], item_line(date=""))
 
@@ -126,9 +143,22 @@ def test_latin1_titles_and_missing_dates_survive(files: dict[str, bytes]) -> Non
 
 def test_folds_are_derived_by_the_readme_rule(files: dict[str, bytes]) -> None:
     folds = curate_ml100k(files).folds
+    first_fifth = [
+        tuple(map(int, line.split(b"\t")[:2])) for line in files["u.data"].split(b"\n")[:80]
+    ]
 
     assert folds.group_by("test_fold").len().sort("test_fold")["len"].to_list() == [80] * 5
-    assert folds["test_fold"].head(80).unique().to_list() == [1]
+    fold_one = folds.filter(pl.col("test_fold") == 1).select("user_id", "item_id").rows()
+    assert sorted(fold_one) == sorted(first_fifth)
+
+
+def test_curated_ratings_are_in_pair_order_whatever_the_file_order(files: dict[str, bytes]) -> None:
+    curated = curate_ml100k(files)
+    pairs = curated.ratings.select("user_id", "item_id").rows()
+
+    assert pairs == sorted(pairs)
+    assert curated.folds.select("user_id", "item_id").rows() == pairs
+    assert curated.ratings.height == files["u.data"].count(b"\n")
 
 
 def test_official_folds_that_disagree_fail(files: dict[str, bytes]) -> None:
