@@ -44,6 +44,7 @@ def rejects_of(files: dict[str, bytes]) -> list[tuple[str, int, str, str]]:
     [
         (b"1\t2\tfive\t881250949", "rating", "rating must be an integer 1..5"),
         (b"1\t2\t6\t881250949", "rating", "rating must be an integer 1..5"),
+        (b"1\t2\t300\t881250949", "rating", "rating must be an integer 1..5"),
         (b"1\t2\t3.5\t881250949", "rating", "rating must be an integer 1..5"),
         (b"0\t2\t3\t881250949", "user_id", "user id must be a positive integer"),
         (b"1\t-4\t3\t881250949", "item_id", "item id must be a positive integer"),
@@ -113,6 +114,23 @@ def test_bad_item_lines_are_rejected(
     files["u.item"], number = with_line(files["u.item"], line)
 
     assert rejects_of(files) == [("u.item", number, field, reason)]
+
+
+def test_a_file_already_in_pair_order_keeps_it_and_still_finds_duplicates(
+    files: dict[str, bytes],
+) -> None:
+    lines = files["u.data"].splitlines()
+    in_order = sorted(lines, key=lambda line: tuple(map(int, line.split(b"\t")[:2])))
+    files["u.data"] = b"\n".join(in_order) + b"\n"
+    files["u.data"], number = with_line(files["u.data"], in_order[-1])
+
+    curated = curate_ml100k(files)
+
+    assert [(r["line"], r["field"]) for r in curated.rejects.iter_rows(named=True)] == [
+        (number, "item_id")
+    ]
+    pairs = [tuple(map(int, line.split(b"\t")[:2])) for line in in_order]
+    assert curated.ratings.select("user_id", "item_id").rows() == pairs
 
 
 def test_a_pair_whose_first_line_is_rejected_is_still_a_duplicate(
@@ -201,8 +219,16 @@ def test_clean_ratings_read_typed_equal_the_line_by_line_reading(files: dict[str
 
 @pytest.mark.parametrize(
     "line",
-    [b"", b"1\t2\t3", b"1\t2\t3\t4\t5", b"1\t2\tfive\t881250949", b"1\t2\t3.5\t881250949"],
-    ids=["blank", "short", "long", "text", "fraction"],
+    [
+        b"",
+        b"1\t2\t3",
+        b"1\t2\t3\t4\t5",
+        b"1\t2\tfive\t881250949",
+        b"1\t2\t3.5\t881250949",
+        b"2147483648\t2\t3\t881250949",
+        b"1\t2\t300\t881250949",
+    ],
+    ids=["blank", "short", "long", "text", "fraction", "id past int32", "rating past int8"],
 )
 def test_the_typed_reader_declines_a_file_with_an_unclean_line(
     files: dict[str, bytes], line: bytes
