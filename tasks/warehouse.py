@@ -31,7 +31,7 @@ from tasks.caching import DATA_CONTENT
 from tasks.config import load_settings
 from tasks.features import FeatureSet, read_lake_parquet
 from tasks.lake import Lake
-from tasks.movielens import CuratedDataset, pair_key
+from tasks.movielens import CuratedDataset, in_pair_order
 
 if TYPE_CHECKING:
     from tasks.config import Settings
@@ -582,9 +582,7 @@ def warehouse_tables(
         .cast(pl.List(pl.Int16))
         .list.drop_nulls()
     )
-    ratings = with_folds(curated["ratings"], curated["folds"])
-    if not ratings.select(pair_key()).to_series().is_sorted():  # curated ones are already
-        ratings = ratings.sort(pair_key())
+    ratings = in_pair_order(with_folds(curated["ratings"], curated["folds"]))  # curated: already
     return {
         "movielens.genres": curated["genres"],
         "movielens.occupations": curated["occupations"],
