@@ -713,8 +713,8 @@ def check_ratings(parsed: Parsed, file: str, known: KnownIds, half_stars: bool =
         # take them as they are, and a duplicate pair is next to its first line.
         rows = checked.rows.select(
             "line",
-            number("user_id", pl.Int32()).cast(pl.Int32).alias("user_id"),
-            number("item_id", pl.Int32()).cast(pl.Int32).alias("item_id"),
+            number("user_id", pl.Int32()).alias("user_id"),
+            number("item_id", pl.Int32()).alias("item_id"),
             number("rating", pl.Float64())
             .cast(pl.Float32 if half_stars else pl.Int8)
             .alias("rating"),
@@ -1120,8 +1120,8 @@ def temporal_folds(ratings: pl.DataFrame, share: float = TEMPORAL_TEST_SHARE) ->
     held = pl.when(count > 1).then((count * share).floor().cast(pl.Int64).clip(lower_bound=1))
     recency = pl.int_range(pl.len()).over("user_id")  # 0 = the user's latest rating
     fold = pl.when(recency < held.otherwise(0)).then(TEMPORAL_TEST_FOLD).otherwise(NEVER_TESTED)
-    return latest_first.select("user_id", "item_id", fold.cast(pl.Int8).alias("test_fold")).sort(
-        "user_id", "item_id"
+    return in_pair_order(
+        latest_first.select("user_id", "item_id", fold.cast(pl.Int8).alias("test_fold"))
     )
 
 
