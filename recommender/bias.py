@@ -27,6 +27,15 @@ class Biases:
         return ratings.values - self.predict(ratings.user_index, ratings.item_index)
 
 
+def damped_average(weighted: np.ndarray, total: np.ndarray, damping: float) -> np.ndarray:
+    """``weighted / (total + damping)``, 0 where that denominator is (about) 0: a damping of 0
+    leaves a user, item or cell without ratings at the prior, not at 0/0."""
+    denominator = total + damping
+    shape = np.broadcast_shapes(np.shape(weighted), np.shape(denominator))
+    out = np.zeros(shape, dtype=np.result_type(weighted, denominator, np.float32))
+    return np.divide(weighted, denominator, out=out, where=denominator > 1e-9)
+
+
 def fit_biases(
     ratings: Ratings, user_damping: float = 5.0, item_damping: float = 5.0, n_iterations: int = 5
 ) -> Biases:
@@ -39,10 +48,8 @@ def fit_biases(
     user_count = np.bincount(users, minlength=ratings.n_users)
     item_count = np.bincount(items, minlength=ratings.n_items)
     for _ in range(n_iterations):
-        item_bias = np.bincount(items, values - mean - user_bias[users], ratings.n_items) / (
-            item_count + item_damping
-        )
-        user_bias = np.bincount(users, values - mean - item_bias[items], ratings.n_users) / (
-            user_count + user_damping
-        )
+        item_sums = np.bincount(items, values - mean - user_bias[users], ratings.n_items)
+        item_bias = damped_average(item_sums, item_count, item_damping)
+        user_sums = np.bincount(users, values - mean - item_bias[items], ratings.n_users)
+        user_bias = damped_average(user_sums, user_count, user_damping)
     return Biases(mean, user_bias, item_bias)

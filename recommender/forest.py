@@ -10,6 +10,7 @@ from pydantic import Field
 from sklearn.ensemble import RandomForestRegressor
 
 from recommender.base import RecommenderModel
+from recommender.bias import damped_average
 from recommender.config import ModelConfig
 from recommender.data import Ratings, column, column_names
 
@@ -72,7 +73,9 @@ class _Features:
             if own is not None:
                 sums = sums - flags * (own - self.mean)[:, None]
                 counts = counts - flags
-            taste = (sums * flags).sum(axis=1) / ((counts * flags).sum(axis=1) + self.damping)
+            taste = damped_average(
+                (sums * flags).sum(axis=1), (counts * flags).sum(axis=1), self.damping
+            )
             columns += [flags, taste[:, None]]
         if self.user_table is not None:
             columns.append(self.user_table[users])
@@ -98,7 +101,7 @@ def _stats_columns(
     safe = np.maximum(count, 1)
     average = np.where(count > 0, total / safe, mean)
     spread = np.sqrt(np.maximum(squares / safe - average**2, 0.0))
-    bias = (total - count * mean) / (count + damping)
+    bias = damped_average(total - count * mean, count, damping)
     return np.column_stack([np.log1p(count), average, spread, bias])
 
 

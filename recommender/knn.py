@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import Field
 
 from recommender.base import RecommenderModel
-from recommender.bias import Biases, fit_biases
+from recommender.bias import Biases, damped_average, fit_biases
 from recommender.cache import config_key, shared_component
 from recommender.clustering import cluster_labels, reduced_rows
 from recommender.config import ModelConfig
@@ -297,12 +297,12 @@ class _DenseParts(_Parts):
         damping = self.config.cluster_bias_damping
         if self.user_labels is not None:
             members = np.eye(self.config.n_clusters, dtype=np.float32)[self.user_labels]
-            per_cluster = (members.T @ dense) / (members.T @ rated + damping)
+            per_cluster = damped_average(members.T @ dense, members.T @ rated, damping)
             bias += per_cluster[self.user_labels]
         if self.item_labels is not None:
             members = np.eye(self.config.n_clusters, dtype=np.float32)[self.item_labels]
             remaining = (dense - bias) * rated
-            per_cluster = (remaining @ members) / (rated @ members + damping)
+            per_cluster = damped_average(remaining @ members, rated @ members, damping)
             bias += per_cluster[:, self.item_labels]
         return bias
 
@@ -389,7 +389,7 @@ def _damped_mean(
 ) -> np.ndarray:
     cells = shape[0] * shape[1]
     sums = np.bincount(keys, values, minlength=cells)
-    return (sums / (np.bincount(keys, minlength=cells) + damping)).reshape(shape)
+    return damped_average(sums, np.bincount(keys, minlength=cells), damping).reshape(shape)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from typing import Literal
 
 import numpy as np
 
+from recommender.bias import damped_average
+
 Similarity = Literal["pearson", "cosine"]
 
 # Pairs are processed in buckets of owners with similar list lengths, so padding stays small.
@@ -130,12 +132,6 @@ def neighborhood_average(
             results[k][0][chunk] = damped_average(weighted[:, column], total[:, column], damping)
             results[k][1][chunk] = total[:, column]
     return results
-
-
-def damped_average(weighted: np.ndarray, total: np.ndarray, damping: float) -> np.ndarray:
-    """``weighted / (total + damping)``, 0 where that denominator is (about) 0."""
-    denominator = total + damping
-    return np.divide(weighted, denominator, out=np.zeros(len(total)), where=denominator > 1e-9)
 
 
 def length_buckets(lengths: np.ndarray, max_cells: int = _MAX_BUCKET_CELLS) -> list[np.ndarray]:

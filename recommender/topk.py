@@ -19,7 +19,8 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from recommender.neighbors import RatedLists, Similarity, damped_average
+from recommender.bias import damped_average
+from recommender.neighbors import RatedLists, Similarity
 
 logger = logging.getLogger(__name__)
 

@@ -147,3 +147,30 @@ def test_config_validates_and_round_trips() -> None:
     assert config_from_params(as_strings) == config
     assert KMeansKNN(config).config is config
     assert isinstance(config.build(), KMeansKNN)
+
+
+def test_zero_damping_leaves_users_and_items_without_ratings_at_the_prior(
+    synthetic_folds: list,
+) -> None:
+    """A damping of 0 is allowed. The blend's held-out split keeps every user and item, so some
+    have no ratings left: they get no bias (not 0/0), and the blend weights stay finite."""
+    train = synthetic_folds[0].train
+    without_item = train.subset(train.item_index != 0)
+    biases = fit_biases(without_item, 0.0, 0.0)
+    assert np.isfinite(biases.item_bias).all() and biases.item_bias[0] == 0.0
+
+    model = KMeansKNN(
+        user_damping=0, item_damping=0, n_clusters=2, cluster_biases=True,
+        cluster_bias_damping=0, n_factors=0, ranking=None,
+    ).fit(without_item)  # fmt: skip
+    assert all(np.isfinite(w).all() for w in model.blend_weights_.values())
+    test = synthetic_folds[0].test
+    predicted = model.predict(test.raw_users(), test.raw_items())
+    assert np.isfinite(predicted).all()
+    biases = fit_biases(without_item, 0.0, 0.0)
+    positions = (
+        without_item.user_positions(test.raw_users()),
+        without_item.item_positions(test.raw_items()),
+    )
+    fallback = np.clip(biases.predict(*positions), 1, 5)
+    assert not np.allclose(predicted, fallback)  # the neighbours count, not just the biases
