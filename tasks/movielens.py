@@ -437,6 +437,12 @@ def read_lines(data: bytes, encoding: str, file: str) -> pl.DataFrame:
     """Every non-blank line of ``data`` as ``raw`` text with its 1-based ``line`` number."""
     if encoding != "utf-8":
         data = _decoded(data, encoding, file).encode("utf-8")
+    if b"\x1f" in data:  # the reader's separator is in the text: split the lines in Python
+        text = _decoded(data, "utf-8", file).split("\n")
+        if text[-1] == "":
+            text.pop()  # the last line's newline
+        raw = [line.removesuffix("\r") for line in text]  # as Polars reads CRLF
+        return _numbered(pl.DataFrame({"raw": raw}, schema={"raw": pl.String}))
     try:
         lines = pl.read_csv(
             io.BytesIO(data),
@@ -444,12 +450,19 @@ def read_lines(data: bytes, encoding: str, file: str) -> pl.DataFrame:
             separator="\x1f",
             quote_char=None,
             schema={"raw": pl.String},
-        ).with_row_index("line", offset=1)
+        )
     except pl.exceptions.ComputeError:
         _decoded(data, "utf-8", file)  # Polars does not say where: name the file and line
         raise
-    return lines.with_columns(pl.col("line").cast(pl.Int64)).filter(
-        pl.col("raw").is_not_null() & (pl.col("raw").str.strip_chars() != "")
+    return _numbered(lines)
+
+
+def _numbered(lines: pl.DataFrame) -> pl.DataFrame:
+    """The non-blank ``raw`` lines with their 1-based ``line`` number."""
+    return (
+        lines.with_row_index("line", offset=1)
+        .with_columns(pl.col("line").cast(pl.Int64))
+        .filter(pl.col("raw").is_not_null() & (pl.col("raw").str.strip_chars() != ""))
     )
 
 
@@ -567,22 +580,31 @@ def _typed(name: str, dtype: pl.DataType) -> pl.Expr:
     return pl.col(name).str.strip_chars().cast(dtype, strict=False)
 
 
-def _first_occurrence(*keys: str) -> pl.Expr:
-    """True on the first line (rows are in line order) holding each value of ``keys``."""
+def _first_occurrence(*keys: str | pl.Expr) -> pl.Expr:
+    """True on the first line (rows are in line order) holding each value of ``keys``; give
+    the parsed value (``01`` and `` 1 `` are ``1``), not the text."""
     return pl.struct(keys).is_first_distinct()
+
+
+def _id_rules(field: str, noun: str) -> list[Rule]:
+    """An id: a positive integer that fits PostgreSQL's integer, on one line only."""
+    value = _integer(field)
+    return [
+        Rule(field, value.is_between(1, ID_MAX), f"{noun} id must be a positive integer"),
+        Rule(field, _first_occurrence(value), f"duplicate {noun} id"),
+    ]
 
 
 def parse_users(data: bytes, occupations: set[str] | None) -> Parsed:
     parsed = read_fields(data, USERS_SPEC)
     gender = pl.col("gender").str.strip_chars()
     rules = [
-        Rule("user_id", _integer("user_id") > 0, "user id must be a positive integer"),
-        Rule("user_id", _first_occurrence("user_id"), "duplicate user id"),
+        *_id_rules("user_id", "user"),
         Rule("age", _integer("age").is_between(1, 120), "age must be an integer in 1..120"),
         Rule("gender", gender.is_in(["M", "F"]), "gender must be M or F"),
         Rule("zip_code", pl.col("zip_code").str.strip_chars() != "", "zip code is empty"),
     ]
-    if occupations:
+    if occupations is not None:  # (an empty u.occupation lists none)
         rules.append(
             Rule(
                 "occupation",
@@ -613,8 +635,7 @@ def _date_ok(name: str) -> pl.Expr:
 def parse_items(data: bytes) -> Parsed:
     parsed = read_fields(data, ITEMS_SPEC)
     rules = [
-        Rule("item_id", _integer("item_id") > 0, "item id must be a positive integer"),
-        Rule("item_id", _first_occurrence("item_id"), "duplicate item id"),
+        *_id_rules("item_id", "item"),
         Rule("title", pl.col("title").str.strip_chars() != "", "title is empty"),
         Rule("release_date", _date_ok("release_date"), "release date is not like 01-Jan-1995"),
         Rule(
@@ -652,6 +673,7 @@ RATING_DTYPES: dict[str, pl.DataType] = {
     "timestamp": pl.Int64(),
 }
 ID_MAX = 2**31 - 1  # ids are PostgreSQL integers
+TIMESTAMP_MAX = 253_402_300_799  # 9999-12-31 23:59:59 UTC: PostgreSQL's timestamps go further
 
 
 @dataclass(frozen=True)
@@ -695,7 +717,11 @@ def check_ratings(parsed: Parsed, file: str, known: KnownIds, half_stars: bool =
         Rule("user_id", user.is_between(1, ID_MAX), "user id must be a positive integer"),
         Rule("item_id", item.is_between(1, ID_MAX), "item id must be a positive integer"),
         rating,
-        Rule("timestamp", number("timestamp") >= 0, "timestamp must be a non-negative integer"),
+        Rule(
+            "timestamp",
+            number("timestamp").is_between(0, TIMESTAMP_MAX),
+            "timestamp must be unix seconds from 1970 to 9999",
+        ),
         *known_user,
         Rule("item_id", item.is_in(known.items.implode()), f"item not in {known.items_file}"),
     ]
@@ -744,7 +770,7 @@ def parse_genres(data: bytes) -> Parsed:
             _integer("genre_id").is_between(0, GENRE_COUNT - 1),
             "genre id must be 0..18",
         ),
-        Rule("genre_id", _first_occurrence("genre_id"), "duplicate genre id"),
+        Rule("genre_id", _first_occurrence(_integer("genre_id")), "duplicate genre id"),
     ]
     checked = apply_rules(parsed, GENRES_SPEC.name, rules)
     rows = checked.rows.select(_typed("genre_id", pl.Int16()).alias("genre_id"), "name")
@@ -753,7 +779,9 @@ def parse_genres(data: bytes) -> Parsed:
 
 def parse_occupations(data: bytes) -> Parsed:
     parsed = read_fields(data, OCCUPATIONS_SPEC)
-    rules = [Rule("name", _first_occurrence("name"), "duplicate occupation")]
+    rules = [
+        Rule("name", _first_occurrence(pl.col("name").str.strip_chars()), "duplicate occupation")
+    ]
     checked = apply_rules(parsed, OCCUPATIONS_SPEC.name, rules)
     return Parsed(
         rows=checked.rows.select(pl.col("name").str.strip_chars()), rejects=checked.rejects
@@ -767,18 +795,33 @@ def assign_folds(ratings: pl.DataFrame, line_count: int) -> pl.DataFrame:
     return ratings.select("user_id", "item_id", fold.cast(pl.Int8).alias("test_fold"))
 
 
-def check_official_folds(folds: pl.DataFrame, fold_files: dict[str, bytes]) -> None:
-    """Fail when a present u<i>.test does not hold exactly the derived test fold i."""
-    users, items = folds["user_id"], folds["item_id"]
+def check_official_folds(
+    folds: pl.DataFrame,
+    fold_files: dict[str, bytes],
+    users: pl.Series,
+    items: pl.Series,
+    rejected_pairs: pl.DataFrame | None = None,
+) -> None:
+    """Fail when a present u<i>.test does not hold exactly the derived test fold i.
+
+    Every official line counts, a rejected one too (a line of a user that u.user lacks is a
+    disagreement, not ignored); ``rejected_pairs``, the pairs of u.data's rejected lines, are
+    in no derived fold, so an official line holding one is no disagreement.
+    """
     for fold in range(1, FOLD_COUNT + 1):
         name = f"u{fold}.test"
         if name not in fold_files:
             continue
-        official = parse_ratings(fold_files[name], name, users, items).rows
+        official = parse_ratings(fold_files[name], name, users, items)
         derived = folds.filter(pl.col("test_fold") == fold).select("user_id", "item_id")
-        pairs = official.select("user_id", "item_id")
+        pairs = official.rows.select("user_id", "item_id")
+        if official.rejects.height:
+            pairs = pl.concat([pairs, line_pairs(fold_files[name], name, official.rejects)])
         missing = derived.join(pairs, on=["user_id", "item_id"], how="anti").height
-        extra = pairs.join(derived, on=["user_id", "item_id"], how="anti").height
+        unexpected = pairs.join(derived, on=["user_id", "item_id"], how="anti")
+        if rejected_pairs is not None:
+            unexpected = unexpected.join(rejected_pairs, on=["user_id", "item_id"], how="anti")
+        extra = unexpected.height
         if missing or extra:
             raise ValidationError(
                 f"{name}: disagrees with the folds derived from u.data by mku.sh "
@@ -817,10 +860,19 @@ def curate_ml100k(files: dict[str, bytes]) -> CuratedTables:
         files["u.user"], set(occupations.rows["name"]) if occupations is not None else None
     )
     items = parse_items(files["u.item"])
-    ratings = parse_ratings(files["u.data"], "u.data", users.rows["user_id"], items.rows["item_id"])
-    line_count = ratings.lines if ratings.lines is not None else count_lines(files["u.data"])
-    folds = assign_folds(ratings.rows, line_count)
-    check_official_folds(folds, {n: d for n, d in files.items() if n.endswith(".test")})
+    user_ids, item_ids = users.rows["user_id"], items.rows["item_id"]
+    ratings = parse_ratings(files["u.data"], "u.data", user_ids, item_ids)
+    require_ratings(ratings, "u.data")
+    # mku.sh's fifths of u.data's lines, up to its last (blank lines after it count for nothing)
+    last_line = pl.concat([ratings.rows["line"], ratings.rejects["line"]]).max()
+    folds = assign_folds(ratings.rows, int(last_line))  # type: ignore[arg-type]
+    check_official_folds(
+        folds,
+        {n: d for n, d in files.items() if n.endswith(".test")},
+        user_ids,
+        item_ids,
+        line_pairs(files["u.data"], "u.data", ratings.rejects) if ratings.rejects.height else None,
+    )
     genre_names = genres.rows if genres is not None else _default_genres()
     rejects = pl.concat(
         [p.rejects for p in (occupations, genres, users, items, ratings) if p is not None]
@@ -831,12 +883,36 @@ def curate_ml100k(files: dict[str, bytes]) -> CuratedTables:
             pl.col("release_date").dt.year().cast(pl.Int16).alias("release_year")
         ),
         genres=genre_names,
-        item_genres=_item_genres(items.rows),
+        # a genre whose u.genre line was rejected has no flags
+        item_genres=_item_genres(items.rows).filter(
+            pl.col("genre_id").is_in(genre_names["genre_id"].implode())
+        ),
         users=users.rows,
         occupations=occupations.rows if occupations is not None else _occupations_of(users.rows),
         folds=folds,
         rejects=rejects.sort("file", "line"),
     )
+
+
+def require_ratings(ratings: Parsed, file: str) -> None:
+    """A ratings file without one valid rating is no dataset: fail, naming the first reject."""
+    if ratings.rows.height:
+        return
+    first = ratings.rejects.sort("line").head(1).to_dicts()
+    reason = f"; line {first[0]['line']}: {first[0]['reason']}" if first else ""
+    raise ValidationError(
+        f"{file}: no valid ratings ({ratings.rejects['line'].n_unique()} lines rejected{reason})"
+    )
+
+
+def line_pairs(data: bytes, file: str, rejects: pl.DataFrame) -> pl.DataFrame:
+    """The (user, item) pairs of a ratings file's rejected lines, where they read as numbers."""
+    fields = read_fields(data, FileSpec(file, RATINGS_SPEC.separator, RATINGS_SPEC.columns))
+    lines = fields.rows.filter(pl.col("line").is_in(rejects["line"].implode()))
+    return lines.select(
+        _typed("user_id", pl.Int32()).alias("user_id"),
+        _typed("item_id", pl.Int32()).alias("item_id"),
+    ).drop_nulls()
 
 
 def _item_genres(items: pl.DataFrame) -> pl.DataFrame:
@@ -974,8 +1050,7 @@ def member_rating_fields(member: MovieLensSet, files: dict[str, bytes]) -> Parse
 def parse_movies(parsed: Parsed, file: str) -> Parsed:
     """Movies with the release year from the title ("Heat (1995)") and their genre names."""
     rules = [
-        Rule("item_id", _integer("item_id") > 0, "item id must be a positive integer"),
-        Rule("item_id", _first_occurrence("item_id"), "duplicate item id"),
+        *_id_rules("item_id", "item"),
         Rule("title", pl.col("title").str.strip_chars() != "", "title is empty"),
         Rule(
             "genres",
@@ -1001,8 +1076,7 @@ def parse_links(parsed: Parsed, file: str) -> Parsed:
     """Each movie's IMDb id (links.csv), as the URL of its IMDb page."""
     imdb_id = pl.col("imdb_id").str.strip_chars()
     rules = [
-        Rule("item_id", _integer("item_id") > 0, "item id must be a positive integer"),
-        Rule("item_id", _first_occurrence("item_id"), "duplicate item id"),
+        *_id_rules("item_id", "item"),
         Rule("imdb_id", imdb_id.str.contains(r"^\d+$"), "IMDb id must be digits"),
     ]
     checked = apply_rules(parsed, file, rules)
@@ -1018,8 +1092,7 @@ def parse_ml1m_users(parsed: Parsed, file: str) -> Parsed:
     gender = pl.col("gender").str.strip_chars()
     code = _integer("occupation")
     rules = [
-        Rule("user_id", _integer("user_id") > 0, "user id must be a positive integer"),
-        Rule("user_id", _first_occurrence("user_id"), "duplicate user id"),
+        *_id_rules("user_id", "user"),
         Rule("gender", gender.is_in(["M", "F"]), "gender must be M or F"),
         Rule(
             "age",
@@ -1162,6 +1235,7 @@ def curate_member(member: MovieLensSet, files: dict[str, bytes], rule: FoldRule)
         ),
         half_stars=member.half_stars,
     )
+    require_ratings(ratings, member.ratings_file)
     genres, item_genres = movie_genres(movies.rows)
     items = movies.rows.drop("genres")
     if links is not None:

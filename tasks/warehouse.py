@@ -574,10 +574,13 @@ def warehouse_tables(
     """The curated and feature frames shaped like the warehouse tables (without ``dataset``)."""
     genre_columns = [c for c in item_features.columns if c.startswith("genre_")]
     affinity_columns = [c for c in user_features.columns if c.startswith("affinity_")]
+    # the one-hot columns follow the genres in id order (ids may have gaps)
+    ids = curated["genres"]["genre_id"].sort().to_list()
     # concat_arr, then a list: 20x faster than concat_list on Polars 2.1
     genre_ids = (
         pl.concat_arr(
-            pl.when(pl.col(c) == 1).then(pl.lit(i, pl.Int16)) for i, c in enumerate(genre_columns)
+            pl.when(pl.col(c) == 1).then(pl.lit(i, pl.Int16))
+            for i, c in zip(ids, genre_columns, strict=True)
         )
         .cast(pl.List(pl.Int16))
         .list.drop_nulls()

@@ -191,7 +191,7 @@ def test_bytes_that_are_not_the_files_encoding_name_the_file_and_line(tmp_path: 
         ("ml-25m", "ratings.csv", "1,{item},5.5,1230000000", "rating",
          "rating must be 0.5..5.0 in half stars"),
         ("ml-25m", "ratings.csv", "1,{item},4.0,yesterday", "timestamp",
-         "timestamp must be a non-negative integer"),
+         "timestamp must be unix seconds from 1970 to 9999"),
         ("ml-25m", "movies.csv", '900,"Unclosed (1995),Drama', "line",
          "expected 3 comma-separated fields"),
         ("ml-25m", "movies.csv", "900,,Drama", "title", "title is empty"),

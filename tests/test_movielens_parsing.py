@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from bench.synth import SyntheticSize, write_ml100k
+from tasks.features import item_features, user_features
 from tasks.movielens import (
     RATING_DTYPES,
     RATINGS_SPEC,
@@ -15,10 +16,12 @@ from tasks.movielens import (
     ValidationError,
     check_ratings,
     curate_ml100k,
+    parse_users,
     random_folds,
     read_fields,
     read_typed_fields,
 )
+from tasks.warehouse import warehouse_tables
 
 SMALL = SyntheticSize(ratings=400, users=25, items=50)
 
@@ -48,7 +51,9 @@ def rejects_of(files: dict[str, bytes]) -> list[tuple[str, int, str, str]]:
         (b"1\t2\t3.5\t881250949", "rating", "rating must be an integer 1..5"),
         (b"0\t2\t3\t881250949", "user_id", "user id must be a positive integer"),
         (b"1\t-4\t3\t881250949", "item_id", "item id must be a positive integer"),
-        (b"1\t2\t3\tyesterday", "timestamp", "timestamp must be a non-negative integer"),
+        (b"1\t2\t3\tyesterday", "timestamp", "timestamp must be unix seconds from 1970 to 9999"),
+        (b"1\t2\t3\t-1", "timestamp", "timestamp must be unix seconds from 1970 to 9999"),
+        (b"1\t2\t3\t253402300800", "timestamp", "timestamp must be unix seconds from 1970 to 9999"),
         (b"999\t2\t3\t881250949", "user_id", "user not in u.user"),
         (b"1\t9999\t3\t881250949", "item_id", "item not in u.item"),
         (b"1\t2\t3", "line", "expected 4 fields separated by '\\t'"),
@@ -85,6 +90,9 @@ def test_duplicate_pair_rejects_the_later_line(files: dict[str, bytes]) -> None:
         (b"900|30|M|astronaut|12345", "occupation", "occupation not listed in u.occupation"),
         (b"900|30|M|student|", "zip_code", "zip code is empty"),
         (b"1|30|M|student|12345", "user_id", "duplicate user id"),
+        (b"01|30|M|student|12345", "user_id", "duplicate user id"),
+        (b" 1 |30|M|student|12345", "user_id", "duplicate user id"),
+        (b"2147483648|30|M|student|12345", "user_id", "user id must be a positive integer"),
     ],
 )
 def test_bad_user_lines_are_rejected(
@@ -106,6 +114,8 @@ def item_line(item_id: str = "900", date: str = "01-Jan-1995", flag: str = "0") 
         (item_line(date="1995-01-01"), "release_date", "release date is not like 01-Jan-1995"),
         (item_line(flag="2"), "genre_0", "genre flag must be 0 or 1"),
         (item_line(item_id="x"), "item_id", "item id must be a positive integer"),
+        (item_line(item_id="2147483648"), "item_id", "item id must be a positive integer"),
+        (item_line(item_id="001"), "item_id", "duplicate item id"),
     ],
 )
 def test_bad_item_lines_are_rejected(
@@ -260,3 +270,95 @@ def test_random_folds_of_no_ratings_are_empty() -> None:
     none = pl.DataFrame(schema={"user_id": pl.Int32, "item_id": pl.Int32})
 
     assert random_folds(none, seed=0).height == 0
+
+
+@pytest.mark.parametrize(
+    ("file", "line", "field", "reason"),
+    [
+        ("u.genre", b"Again|01", "genre_id", "duplicate genre id"),
+        ("u.occupation", b"student ", "name", "duplicate occupation"),
+    ],
+)
+def test_duplicates_are_found_by_value_not_text(
+    files: dict[str, bytes], file: str, line: bytes, field: str, reason: str
+) -> None:
+    files[file], number = with_line(files[file], line)
+
+    assert rejects_of(files) == [(file, number, field, reason)]
+
+
+def test_a_line_holding_the_line_readers_separator_byte_still_parses(
+    files: dict[str, bytes],
+) -> None:
+    files["u.user"] = files["u.user"].replace(b"\n", b"\r\n")  # and CRLF, as Polars reads it
+    files["u.user"], number = with_line(files["u.user"], b"900|30|M|stu\x1fdent|12345")
+
+    assert rejects_of(files) == [
+        ("u.user", number, "occupation", "occupation not listed in u.occupation")
+    ]
+    assert curate_ml100k(files).users.height == SMALL.users
+
+
+@pytest.mark.parametrize("data", [b"", b"\n\n", b"1\t2\t6\t881250949\n"])
+def test_a_ratings_file_without_a_valid_rating_fails(files: dict[str, bytes], data: bytes) -> None:
+    files["u.data"] = data
+
+    with pytest.raises(ValidationError, match=r"u\.data: no valid ratings"):
+        curate_ml100k(files)
+
+
+def test_an_empty_occupation_list_rejects_every_user(files: dict[str, bytes]) -> None:
+    users = parse_users(files["u.user"], occupations=set())
+
+    assert users.rows.height == 0
+    assert set(users.rejects["reason"]) == {"occupation not listed in u.occupation"}
+
+
+def test_trailing_blank_lines_do_not_move_the_folds(files: dict[str, bytes]) -> None:
+    before = curate_ml100k(files).folds
+    files["u.data"] += b"\n\n\n\n\n"
+
+    assert curate_ml100k(files).folds.equals(before)
+
+
+def test_a_rejected_rating_line_is_in_no_official_fold(files: dict[str, bytes]) -> None:
+    """mku.sh copies u.data's lines into u<i>.test: a line rejected in u.data (here rejected in
+    u.data alone) is no disagreement, as long as the rejects are tolerated."""
+    lines = files["u.data"].split(b"\n")
+    files["u1.test"] = b"\n".join(lines[:80]) + b"\n"
+    user, item, _, stamp = lines[4].split(b"\t")
+    lines[4] = b"\t".join([user, item, b"6", stamp])
+    files["u.data"] = b"\n".join(lines)
+
+    curated = curate_ml100k(files)
+
+    assert [(r["line"], r["field"]) for r in curated.rejects.iter_rows(named=True)] == [
+        (5, "rating")
+    ]
+
+
+def test_an_official_fold_line_of_an_unknown_user_disagrees(files: dict[str, bytes]) -> None:
+    lines = files["u.data"].split(b"\n")
+    files["u1.test"] = b"\n".join([*lines[:80], b"999\t2\t3\t881250949"]) + b"\n"
+
+    with pytest.raises(ValidationError, match=r"u1\.test: disagrees .* 1 unexpected pairs"):
+        curate_ml100k(files)
+
+
+def test_a_rejected_genre_has_no_item_flags(files: dict[str, bytes]) -> None:
+    lines = files["u.genre"].split(b"\n")
+    name, genre_id = lines[1].split(b"|")
+    lines[1] = name + b"|x"  # genre 1's line: rejected
+    files["u.genre"] = b"\n".join(lines)
+
+    curated = curate_ml100k(files)
+
+    assert 1 not in curated.genres["genre_id"].to_list()
+    assert 1 not in curated.item_genres["genre_id"].to_list()
+    # the warehouse's genre lists keep the ids, past the gap
+    items = item_features(curated.ratings, curated.items, curated.item_genres, curated.genres)
+    users = user_features(curated.ratings, curated.users, curated.item_genres, curated.genres)
+    tables = warehouse_tables(curated.tables(), items, users)
+    listed = tables["features.item_features"].select("item_id", "genres").explode("genres")
+    expected = curated.item_genres.rename({"genre_id": "genres"}).sort("item_id", "genres")
+    assert listed.drop_nulls().sort("item_id", "genres").equals(expected)
