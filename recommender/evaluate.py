@@ -166,10 +166,14 @@ def evaluate_fitted(
 
 
 def fit_timed(
-    config: ModelConfig, fold: Fold, *, items: Any | None = None, users: Any | None = None
-) -> tuple[RecommenderModel[Any], float]:
-    """A model built from ``config`` and fitted on ``fold.train``, with the seconds it took."""
+    config: ModelConfig, fold: Fold, *, items: Any | None = None, users: Any | None = None,
+    neighbor_counts: Sequence[int] = (),
+) -> tuple[RecommenderModel[Any], float]:  # fmt: skip
+    """A model built from ``config`` and fitted on ``fold.train``, with the seconds it took;
+    a model that learns per-count blend weights learns them for ``neighbor_counts`` too."""
     model = config.build()
+    if neighbor_counts and hasattr(model, "blend_counts"):
+        model.blend_counts = tuple(sorted({*model.blend_counts, *neighbor_counts}))
     started = time.perf_counter()
     model.fit(fold.train, items=items, users=users)
     return model, time.perf_counter() - started
@@ -210,8 +214,9 @@ def evaluate_neighbor_sweep(
         raise ValueError(f"{config.kind} has no n_neighbors to sweep")
     counts = sorted(set(n_neighbors))
     model, seconds = fit_timed(
-        config.model_copy(update={"n_neighbors": counts[-1]}), fold, items=items, users=users
-    )
+        config.model_copy(update={"n_neighbors": counts[-1]}), fold, items=items, users=users,
+        neighbor_counts=counts,
+    )  # fmt: skip
     started = time.perf_counter()
     predicted = (
         model.predict_for_neighbors(fold.test.raw_users(), fold.test.raw_items(), counts)

@@ -467,10 +467,13 @@ class KMeansKNN(RecommenderModel[KMeansKNNConfig]):
     """
 
     config_class = KMeansKNNConfig
+    blend_counts: tuple[int, ...] = SWEEP_NEIGHBORS
+    """Neighbour counts whose blend weights a fit learns besides ``n_neighbors`` (a neighbour
+    sweep sets its own): ``predict(..., n_neighbors=k)`` needs k's weights."""
 
     def _fit(self, train: Ratings, *, users: Any | None) -> None:
         config = self.config
-        counts = sorted({config.n_neighbors, *SWEEP_NEIGHBORS})
+        counts = sorted({config.n_neighbors, *self.blend_counts})
         self.blend_weights_, inner = self._blend_weights(train, counts)
         kept = None if config.refit else inner
         parts = kept if kept is not None else self._parts_class(train)(train, config)

@@ -93,7 +93,8 @@ def log_configurations(
     records: list[dict[str, Any]],
     tags: dict[str, str],
 ) -> dict[tuple[Any, ...], str]:
-    """One nested run per configuration: params, mean metrics, per-fold metrics as steps."""
+    """One nested run per configuration: params, the mean over folds of each metric, and each
+    fold's value as ``fold_<metric>`` at step ``fold``."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for record in records:
         groups.setdefault((record["kind"], record["n_clusters"], record["n_neighbors"]), []).append(
@@ -120,7 +121,8 @@ def _fold_metrics(folds: list[dict[str, Any]]) -> list[Metric]:
     metrics = []
     for name in (*METRICS, "fit_seconds", "predict_seconds"):
         values = [(r["fold"], float(r[name])) for r in folds if _finite(r[name])]
-        metrics += [Metric(name, value, now, fold) for fold, value in values]
+        # (not the same key: MLflow shows a metric's value at its highest step)
+        metrics += [Metric(f"fold_{name}", value, now, fold) for fold, value in values]
         if values:
             metrics.append(Metric(name, sum(v for _, v in values) / len(values), now, 0))
     return metrics

@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from recommender import KMeansKNN, KMeansKNNConfig, Ratings, config_from_params, fit_biases
+from recommender.evaluate import evaluate_fold, evaluate_neighbor_sweep
 from recommender.neighbors import neighborhood_average, rated_lists, shrunk_similarity
 
 RESIDUALS = np.array([[1.0, -1.0, 0.0, 2.0], [2.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
@@ -174,3 +175,18 @@ def test_zero_damping_leaves_users_and_items_without_ratings_at_the_prior(
     )
     fallback = np.clip(biases.predict(*positions), 1, 5)
     assert not np.allclose(predicted, fallback)  # the neighbours count, not just the biases
+
+
+def test_a_neighbour_sweep_learns_the_blend_weights_of_every_count(synthetic_folds: list) -> None:
+    """Counts outside the default sweep (10, 20, 40, 80) get their own blend weights: the
+    sweep's figure at k is the one a model fitted with n_neighbors=k gets."""
+    fold = synthetic_folds[0]
+    config = KMeansKNNConfig(n_clusters=2, n_factors=0, ranking=None)
+
+    swept = {
+        r.n_neighbors: r.rmse for r in evaluate_neighbor_sweep(config, fold, [5, 40], rank=False)
+    }
+
+    for k in (5, 40):
+        alone = evaluate_fold(config.model_copy(update={"n_neighbors": k}), fold, rank=False)
+        assert swept[k] == pytest.approx(alone.rmse, abs=1e-9)
