@@ -60,7 +60,34 @@ class CodeVersion(CachePolicy):
         return f"{PACKAGE}=={code_version(self.patterns)}"
 
 
+@dataclass
+class Destinations(CachePolicy):
+    """Keys a result to the stores it was written to (the MLflow tracking and registry store,
+    the warehouse), so that pointing the pipeline at another one writes there anew instead of
+    returning references into the old one. Only a digest of them is kept."""
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        from tasks.config import load_settings  # (config is part of SHARED_CODE, not an import)
+
+        settings = load_settings()
+        database = settings.database_url
+        stores = (
+            settings.resolved_mlflow_tracking_uri,
+            database.get_secret_value() if database else f"embedded:{settings.home}",
+        )
+        return hashlib.sha256("\0".join(stores).encode()).hexdigest()[:16]
+
+
 # Inputs are small typed references carrying content hashes, so these are content keys:
 # DATA_CONTENT for ingest, curation, features and loads; CONTENT for the models and MLflow.
 DATA_CONTENT = INPUTS + TASK_SOURCE + CodeVersion(patterns=DATA_CODE)
 CONTENT = INPUTS + TASK_SOURCE + CodeVersion(patterns=MODEL_CODE)
+# ... and, for the tasks that write to MLflow or the warehouse, where they wrote
+DATA_LOAD = DATA_CONTENT + Destinations()
+RECORDED = CONTENT + Destinations()

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from recommender import PAPER_RMSE, config_from_params
 from tasks import plots
-from tasks.caching import CONTENT
+from tasks.caching import CONTENT, RECORDED
 from tasks.config import load_settings
 from tasks.lake import Lake
 from tasks.report import markdown_table
@@ -84,7 +84,7 @@ def open_experiment(tracking_uri: str) -> str:
     return experiment_id(client, settings)
 
 
-@task(cache_policy=CONTENT, persist_result=True)
+@task(cache_policy=RECORDED, persist_result=True)
 def record_sweep(
     training: TrainingSet,
     records: list[dict[str, Any]],
@@ -138,7 +138,7 @@ def sweep_figures(
     return figures
 
 
-@task(cache_policy=CONTENT, persist_result=True)
+@task(cache_policy=RECORDED, persist_result=True)
 def promote_champion(training: TrainingSet, sweep: SweepRecord) -> ChampionRecord:
     """Refit the best configuration on all ratings, register it, move the alias on improvement."""
     logger = get_run_logger()
@@ -169,7 +169,7 @@ def promote_champion(training: TrainingSet, sweep: SweepRecord) -> ChampionRecor
     )  # fmt: skip
 
 
-@task(cache_policy=CONTENT, persist_result=True)
+@task(cache_policy=RECORDED, persist_result=True)
 def write_recommendations(training: TrainingSet, champion: ChampionRecord, top_n: int) -> int:
     """Top-N for every user from the champion version into ``serving.recommendations``."""
     configure_mlflow(load_settings())

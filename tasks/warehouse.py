@@ -27,7 +27,7 @@ from prefect.logging import get_run_logger
 from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
-from tasks.caching import DATA_CONTENT
+from tasks.caching import DATA_LOAD
 from tasks.config import load_settings
 from tasks.features import FeatureSet, read_lake_parquet
 from tasks.lake import Lake
@@ -627,7 +627,7 @@ def warehouse_tables(
 
 
 # --- the load task ----------------------------------------------------------------------------
-@task(cache_policy=DATA_CONTENT, persist_result=True)
+@task(cache_policy=DATA_LOAD, persist_result=True)
 def load_warehouse(curated: CuratedDataset, features: FeatureSet) -> LoadResult:
     """Load one curated version and its features into PostgreSQL in a single transaction."""
     logger = get_run_logger()

@@ -67,3 +67,32 @@ def test_the_policies_key_on_their_own_code() -> None:
 
     assert data.patterns == DATA_CODE and model.patterns == MODEL_CODE
     assert data.key_storage is None and model.key_storage is None
+
+
+def test_results_written_to_a_store_are_keyed_to_that_store(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Pointing MLflow or the warehouse elsewhere computes anew: a cached sweep would otherwise
+    name runs and versions that the new store does not hold."""
+    from tasks.sweep import promote_champion, record_sweep, write_recommendations
+    from tasks.warehouse import load_warehouse
+
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RECSYS_DATABASE_URL", raising=False)
+    policy = caching.Destinations()
+
+    def key() -> str | None:
+        return policy.compute_key(None, {}, {})  # type: ignore[arg-type]
+
+    embedded = key()
+    assert key() == embedded
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    tracking = key()
+    monkeypatch.setenv("RECSYS_DATABASE_URL", "postgresql://recsys:secret@db.example/recsys")
+    database = key()
+    assert len({embedded, tracking, database}) == 3
+    assert "secret" not in str(database)
+
+    for task in (record_sweep, promote_champion, write_recommendations, load_warehouse):
+        assert any(isinstance(p, caching.Destinations) for p in task.cache_policy.policies)  # type: ignore[union-attr]
