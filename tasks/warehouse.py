@@ -7,6 +7,7 @@ the version that is already current changes nothing. Readers see the old version
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ from prefect.logging import get_run_logger
 from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
-from tasks.caching import DATA_LOAD
+from tasks.caching import DATA_CODE, DATA_LOAD, code_version
 from tasks.config import load_settings
 from tasks.features import FeatureSet, read_lake_parquet
 from tasks.lake import Lake
@@ -166,11 +167,17 @@ class LoadResult:
 
 
 def current_version(url: str, dataset: str) -> str | None:
+    current = current_load(url, dataset)
+    return current[0] if current else None
+
+
+def current_load(url: str, dataset: str) -> tuple[str, str | None] | None:
+    """The loaded version of ``dataset`` and the build (code version) that loaded it."""
     with connect(url) as conn:
         row = conn.execute(
-            "SELECT version FROM movielens.datasets WHERE dataset = %s", (dataset,)
+            "SELECT version, build FROM movielens.datasets WHERE dataset = %s", (dataset,)
         ).fetchone()
-    return row[0] if row else None
+    return (row[0], row[1]) if row else None
 
 
 def load_dataset(
@@ -179,8 +186,12 @@ def load_dataset(
     version: str,
     tables: dict[str, pl.DataFrame],
     on_step: Callable[[str], None] | None = None,
+    build: str = "",
 ) -> LoadResult:
     """Replace ``dataset`` in the warehouse by ``tables`` (keyed like ``TABLES``) atomically.
+
+    ``build`` names the code that made ``tables``: the same version loaded by another build
+    replaces the loaded one; by the same build, it changes nothing.
 
     Each table is COPYed into a fresh table, then, in the same transaction, the dataset's old
     partitions are detached and dropped and the new ones attached: PostgreSQL builds their
@@ -195,9 +206,10 @@ def load_dataset(
     with connect(url) as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOAD_LOCK,))
         row = conn.execute(
-            "SELECT version FROM movielens.datasets WHERE dataset = %s", (dataset,)
+            "SELECT version, coalesce(build, '') FROM movielens.datasets WHERE dataset = %s",
+            (dataset,),
         ).fetchone()
-        if row and row[0] == version:
+        if row == (version, build):
             step(f"{dataset} {version} is already loaded: nothing to do")
             return result
         # Adding keys to a filled partition, and attaching it, builds its indexes and checks its
@@ -215,29 +227,31 @@ def load_dataset(
         for table in TABLES:
             began = time.perf_counter()
             result.row_counts[table] = copy_into_new_partition(
-                conn, table, dataset, version, tables[table]
+                conn, table, dataset, version, tables[table], build
             )
             result.seconds[f"copy {table}"] = time.perf_counter() - began
             step(f"copied {table}: {result.row_counts[table]} rows")
             if table in PARTITION_KEYS:
                 began = time.perf_counter()
-                add_partition_keys(conn, table, dataset, version)
+                add_partition_keys(conn, table, dataset, version, build)
                 result.seconds[f"keys {table}"] = time.perf_counter() - began
         began = time.perf_counter()
-        swap_partitions(conn, dataset, version)
+        swap_partitions(conn, dataset, version, build)
         result.seconds["swap"] = time.perf_counter() - began
         step(f"swapped in {dataset} {version} ({result.seconds['swap']:.2f} s)")
         conn.execute(
-            "INSERT INTO movielens.datasets (dataset, version, loaded_at) VALUES (%s, %s, now())"
-            " ON CONFLICT (dataset) DO UPDATE SET version = EXCLUDED.version, loaded_at = now()",
-            (dataset, version),
+            "INSERT INTO movielens.datasets (dataset, version, build, loaded_at)"
+            " VALUES (%s, %s, %s, now()) ON CONFLICT (dataset) DO UPDATE"
+            " SET version = EXCLUDED.version, build = EXCLUDED.build, loaded_at = now()",
+            (dataset, version, build or None),
         )
         conn.execute(
-            "INSERT INTO ops.loads (dataset, version, started_at, row_counts, seconds)"
-            " VALUES (%s, %s, %s, %s, %s)",
+            "INSERT INTO ops.loads (dataset, version, build, started_at, row_counts, seconds)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
             (
                 dataset,
                 version,
+                build or None,
                 started_at,
                 json.dumps(result.row_counts),
                 json.dumps(result.seconds),
@@ -247,17 +261,25 @@ def load_dataset(
     return result
 
 
-def partition_name(table: str, dataset: str, version: str) -> str:
+def partition_name(table: str, dataset: str, version: str, build: str = "") -> str:
+    """``<table>__<dataset>_<version>[_<build digest>]``: a load of the same version by another
+    build makes partitions of other names, to be swapped for the loaded ones."""
     schema, name = table.split(".")
     slug = re.sub(r"[^a-z0-9]+", "_", dataset.lower())
-    return f"{schema}.{name}__{slug}_{version[:16]}"
+    suffix = f"_{hashlib.sha256(build.encode()).hexdigest()[:8]}" if build else ""
+    return f"{schema}.{name}__{slug}_{version[:16]}{suffix}"
 
 
 def copy_into_new_partition(
-    conn: psycopg.Connection[Any], table: str, dataset: str, version: str, frame: pl.DataFrame
+    conn: psycopg.Connection[Any],
+    table: str,
+    dataset: str,
+    version: str,
+    frame: pl.DataFrame,
+    build: str = "",
 ) -> int:
     """Create the dataset's next partition of ``table`` (detached) and COPY ``frame`` into it."""
-    target = _qualified(partition_name(table, dataset, version))
+    target = _qualified(partition_name(table, dataset, version, build))
     conn.execute(
         sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(
             target, _qualified(table)
@@ -277,16 +299,20 @@ def copy_into_new_partition(
 
 
 def add_partition_keys(
-    conn: psycopg.Connection[Any], table: str, dataset: str, version: str
+    conn: psycopg.Connection[Any], table: str, dataset: str, version: str, build: str = ""
 ) -> None:
     """Build and check ``PARTITION_KEYS[table]`` on the load's new partition of ``table``."""
-    target = _qualified(partition_name(table, dataset, version))
+    target = _qualified(partition_name(table, dataset, version, build))
     for key, referenced in PARTITION_KEYS[table]:
-        parts = [_qualified(partition_name(referenced, dataset, version))] if referenced else []
+        parts = (
+            [_qualified(partition_name(referenced, dataset, version, build))] if referenced else []
+        )
         conn.execute(sql.SQL("ALTER TABLE {} ADD " + key).format(target, *parts))
 
 
-def swap_partitions(conn: psycopg.Connection[Any], dataset: str, version: str) -> None:
+def swap_partitions(
+    conn: psycopg.Connection[Any], dataset: str, version: str, build: str = ""
+) -> None:
     """Detach and drop the dataset's current partitions (children first), attach the new ones."""
     for table in reversed(TABLES):
         current = _current_partition(conn, table, dataset)
@@ -299,7 +325,7 @@ def swap_partitions(conn: psycopg.Connection[Any], dataset: str, version: str) -
         conn.execute(
             sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
                 _qualified(table),
-                _qualified(partition_name(table, dataset, version)),
+                _qualified(partition_name(table, dataset, version, build)),
                 sql.Literal(dataset),
             )
         )
@@ -635,7 +661,8 @@ def load_warehouse(curated: CuratedDataset, features: FeatureSet) -> LoadResult:
     url = database_url(load_settings())
     frames = read_lake_parquet(lake, {**curated.table_keys(), **features.table_keys()})
     tables = warehouse_tables(frames, frames["item_features"], frames["user_features"])
-    result = load_dataset(url, curated.dataset, curated.version, tables, on_step=logger.info)
+    build = code_version(DATA_CODE)
+    result = load_dataset(url, curated.dataset, curated.version, tables, logger.info, build)
     if result.loaded:
         rate = result.row_counts["movielens.ratings"] / max(sum(result.seconds.values()), 1e-9)
         logger.info(
@@ -649,15 +676,18 @@ def load_warehouse(curated: CuratedDataset, features: FeatureSet) -> LoadResult:
 
 
 def load_into_warehouse(curated: CuratedDataset, features: FeatureSet) -> LoadResult:
-    """Run ``load_warehouse``, bypassing its cache when the warehouse lacks the version.
+    """Run ``load_warehouse``, bypassing its cache when the warehouse lacks the version (or
+    holds it as loaded by other code).
 
     The cache alone would trust a database that was reset since; asking the database keeps a
-    rerun cached while it is true, and reloads when it is not.
+    rerun cached while it is true, and reloads when it is not. A rerun that finds the version
+    loaded says so (``loaded`` False), whatever the cached first run said.
     """
     url = database_url(load_settings())
     migrate(url)
-    stale = current_version(url, curated.dataset) != curated.version
-    return load_warehouse.with_options(refresh_cache=stale)(curated, features)
+    stale = current_load(url, curated.dataset) != (curated.version, code_version(DATA_CODE))
+    result = load_warehouse.with_options(refresh_cache=stale)(curated, features)
+    return result if stale else replace(result, loaded=False)
 
 
 def replace_recommendations(

@@ -70,6 +70,7 @@ def test_real_ml100k_end_to_end(database_url: str, ml100k_dir: Path) -> None:
         "load_warehouse": ["Cached"],
     }
     assert read_table(database_url, "SELECT count(*) AS n FROM ops.loads")["n"][0] == 1
+    assert rerun.result().loaded is False  # the rerun loaded nothing, and says so
 
 
 def test_curated_and_feature_parquet_in_the_lake(database_url: str, synthetic_folder: Path) -> None:

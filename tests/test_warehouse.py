@@ -19,6 +19,7 @@ from tasks.warehouse import (
     TABLES,
     connect,
     copy_frame,
+    current_load,
     current_version,
     load_dataset,
     migrate,
@@ -75,6 +76,7 @@ def test_migrations_apply_once(database_url: str) -> None:
         "V002__outbox_keys",
         "V003__fold_zero",
         "V004__ratings_keys_on_ids",
+        "V005__load_build",
     ]
     assert migrate(database_url) == []
 
@@ -166,6 +168,23 @@ def test_new_version_replaces_the_old_one(
     assert table_counts(warehouse, "ml-100k")["movielens.ratings"] == 2000
     assert current_version(warehouse, "ml-100k") == "v2"
     assert [p for p in partitions(warehouse) if p.startswith("ratings")] == ["ratings__ml_100k_v2"]
+
+
+def test_the_same_version_built_by_other_code_replaces_the_loaded_one(
+    warehouse: str, small_tables: dict[str, pl.DataFrame], other_tables: dict[str, pl.DataFrame]
+) -> None:
+    """Changed parsing or feature code makes other tables of the same raw data: they replace
+    the loaded ones, where the version alone would call them loaded."""
+    load_dataset(warehouse, "ml-100k", "v1", small_tables, build="code-a")
+
+    rebuilt = load_dataset(warehouse, "ml-100k", "v1", other_tables, build="code-b")
+    again = load_dataset(warehouse, "ml-100k", "v1", other_tables, build="code-b")
+
+    assert rebuilt.loaded and not again.loaded
+    assert table_counts(warehouse, "ml-100k")["movielens.ratings"] == 2000
+    assert current_load(warehouse, "ml-100k") == ("v1", "code-b")
+    assert len([p for p in partitions(warehouse) if p.startswith("ratings")]) == 1
+    assert loads_count(warehouse) == 2
 
 
 def test_datasets_live_side_by_side(
