@@ -8,7 +8,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -31,6 +31,10 @@ OutboxKind = Literal["telemetry", "attributes"]
 OUTBOX_KINDS: frozenset[str] = frozenset({"telemetry", "attributes"})
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 RETRY_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS"})
+# The admin API's POSTs create a device or a dashboard: one whose reply was lost must not be
+# sent again (ThingsBoard allows two dashboards of one title). They are retried only when they
+# never reached the server (a refused connection); a rerun then finds what was created.
+ADMIN_RETRY_METHODS = RETRY_METHODS - {"POST"}
 REQUEST_TIMEOUT = 10.0
 DEVICE_TYPE = "recsys"
 # metric names of recommender.metrics -> the short suffix-free names of the telemetry keys
@@ -76,9 +80,12 @@ def _redact_urllib3_logs() -> None:
             url_logger.addFilter(_RedactDeviceToken())
 
 
-def telemetry_session(retries: int = 4, backoff: float = 0.5) -> requests.Session:
-    """A session that retries connection errors, 429 and 5xx (POST included), honouring
-    Retry-After; once retries are spent the last response is returned, not raised."""
+def telemetry_session(
+    retries: int = 4, backoff: float = 0.5, methods: frozenset[str] = RETRY_METHODS
+) -> requests.Session:
+    """A session that retries connection errors, and read errors, 429 and 5xx of ``methods``
+    (POST included by default), honouring Retry-After; once retries are spent the last
+    response is returned, not raised."""
     retry = Retry(
         total=retries,
         connect=retries,
@@ -87,7 +94,7 @@ def telemetry_session(retries: int = 4, backoff: float = 0.5) -> requests.Sessio
         backoff_factor=backoff,
         status_forcelist=RETRY_STATUSES,
         # telemetry carries its own ts, so a repeated POST overwrites the same point
-        allowed_methods=RETRY_METHODS,
+        allowed_methods=methods,
         respect_retry_after_header=True,
         raise_on_status=False,
     )
@@ -441,6 +448,8 @@ def provision(
     """Make sure the device and the dashboard exist (found by name and title, so running it
     again creates nothing new: it updates the dashboard in place); returns their ids."""
     client = TenantClient.login(base_url, username, password, session or telemetry_session())
+    if session is None:  # logging in again is harmless; creating again is not
+        client = replace(client, session=telemetry_session(methods=ADMIN_RETRY_METHODS))
     device_id = client.find_device(device_name) or client.create_device(device_name)
     dashboard = dashboard_for_device(json.loads(Path(dashboard_path).read_text()), device_name)
     existing = client.find_dashboard(dashboard["title"])

@@ -469,3 +469,20 @@ def test_provisioning_with_a_wrong_password_is_an_auth_error(thingsboard: FakeTh
         provision(thingsboard.url, ADMIN[0], "wrong", "recsys-test", DASHBOARD)
 
     assert thingsboard.devices == {}
+
+
+def test_provisioning_retries_its_login_but_never_repeats_a_create(
+    thingsboard: FakeThingsBoard,
+) -> None:
+    """A device or dashboard POST whose reply was lost is not sent again (ThingsBoard would
+    make a second dashboard of the same title); the login, harmless to repeat, is retried."""
+    from tasks.thingsboard import ADMIN_RETRY_METHODS
+
+    thingsboard.fail_next = 1  # the login's first answer: 503
+
+    provision(thingsboard.url, *ADMIN, "recsys-test", DASHBOARD)
+
+    assert list(thingsboard.devices) == ["recsys-test"] and len(thingsboard.dashboards) == 1
+    admin = telemetry_session(methods=ADMIN_RETRY_METHODS).get_adapter("http://tb").max_retries
+    assert "POST" not in admin.allowed_methods  # type: ignore[operator]
+    assert "POST" in telemetry_session().get_adapter("http://tb").max_retries.allowed_methods  # type: ignore[operator]
