@@ -27,7 +27,7 @@ RUNNER = """
 import json, resource, time
 from prefect.client.orchestration import get_client
 from flows.pipeline import pipeline
-from tasks.config import prefect_environment
+from tasks.orchestration import prefect_environment
 
 with prefect_environment():
     started = time.time()

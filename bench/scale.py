@@ -85,10 +85,12 @@ def generate(folder: Path, label: str) -> None:
 
 def transform_and_load(folder: Path, url: str) -> None:
     """The transform flow's work without Prefect or the lake: parse, features, load."""
-    from tasks.datasets import movielens_set
     from tasks.features import item_features, user_features
-    from tasks.movielens import FoldRule, curate_files
-    from tasks.warehouse import load_dataset, migrate, warehouse_tables
+    from tasks.movielens.catalog import movielens_set
+    from tasks.movielens.folds import FoldRule
+    from tasks.movielens.formats import curate_files
+    from tasks.warehouse.loads import load_dataset, warehouse_tables
+    from tasks.warehouse.schema import migrate
 
     member = movielens_set(DATASET)
     record: dict[str, Any] = {"stages": {}, "detail": {}}
@@ -414,7 +416,7 @@ def main() -> None:
 
     KMeansKNNConfig(**SCALE_CONFIG)  # an invalid config stops here, not after an hour of runs
     print(f"KMeansKNN config: {SCALE_CONFIG}, the rest its defaults")
-    from tasks.warehouse import embedded_server
+    from tasks.warehouse.connection import embedded_server
 
     rows: list[SizeRow] = []
     sweeps: list[tuple[str, list[tuple[int, Outcome]]]] = []

@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tasks.datasets import ML1M_AGE_GROUPS, ML1M_OCCUPATIONS, Layout, MovieLensSet, movielens_set
+from tasks.movielens.catalog import (
+    ML1M_AGE_GROUPS,
+    ML1M_OCCUPATIONS,
+    Layout,
+    MovieLensSet,
+    movielens_set,
+)
 
 GENRES = (
     "unknown",
@@ -563,7 +569,7 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--ratings", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dataset", default="ml-100k", help="a name of tasks/datasets.py")
+    parser.add_argument("--dataset", default="ml-100k", help="a name of tasks/movielens/catalog.py")
     parser.add_argument("--no-folds", action="store_true", help="ml-100k: no u1..u5 files")
     parser.add_argument("--zip", action="store_true", help="also write OUT_DIR.zip")
     parser.add_argument(

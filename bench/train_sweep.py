@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 EMPTY_FLOW = """
 from prefect import flow
-from tasks.config import prefect_environment
+from tasks.orchestration import prefect_environment
 
 @flow
 def empty() -> None:
@@ -42,7 +42,7 @@ TRAIN_RUNNER = """
 import json, time
 from prefect.client.orchestration import get_client
 from flows.train import train
-from tasks.config import prefect_environment
+from tasks.orchestration import prefect_environment
 
 with prefect_environment():
     started = time.time()

@@ -30,8 +30,9 @@ GENRES = 19
 
 def ours(folder: Path, url: str) -> dict[str, Any]:
     from tasks.features import item_features, user_features
-    from tasks.movielens import curate_ml100k
-    from tasks.warehouse import load_dataset, migrate, warehouse_tables
+    from tasks.movielens.formats import curate_ml100k
+    from tasks.warehouse.loads import load_dataset, warehouse_tables
+    from tasks.warehouse.schema import migrate
 
     stages: dict[str, float] = {}
     started = time.perf_counter()
@@ -203,7 +204,7 @@ def main() -> None:
         help="keep the synthetic files in this folder and reuse them (10M takes minutes to write)",
     )
     args = parser.parse_args()
-    from tasks.warehouse import EMBEDDED_SETTINGS, embedded_server
+    from tasks.warehouse.connection import EMBEDDED_SETTINGS, embedded_server
 
     with tempfile.TemporaryDirectory(prefix="bench-", dir="/tmp") as scratch:
         server = embedded_server(Path(scratch) / "pg", cleanup_mode="delete")

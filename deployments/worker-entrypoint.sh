@@ -12,7 +12,7 @@ export RECSYS_WORK_POOL
 # by every worker; PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK in the environment points runs at it.
 python -c '
 from tasks.config import load_settings
-from tasks.lake import save_result_storage_block
+from tasks.orchestration import save_result_storage_block
 
 settings = load_settings()
 if settings.lake_is_s3:

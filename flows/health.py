@@ -6,7 +6,6 @@ import sys
 
 from prefect import flow
 
-from tasks.config import prefect_environment
 from tasks.health import (
     PartHealth,
     UnhealthyStackError,
@@ -14,6 +13,7 @@ from tasks.health import (
     failed_parts,
     health_table,
 )
+from tasks.orchestration import prefect_environment
 
 
 @flow(name="health", log_prints=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.config import load_settings, prefect_environment
-from tasks.movielens import RawDataset, fetch_archive, resolve_source, store_raw_files
+from tasks.config import load_settings
+from tasks.movielens.sources import RawDataset, fetch_archive, resolve_source, store_raw_files
+from tasks.orchestration import prefect_environment
 
 
 @flow(name="ingest", log_prints=True)

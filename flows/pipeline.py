@@ -11,9 +11,10 @@ from flows.ingest import ingest
 from flows.report import report
 from flows.train import ModelKind, train
 from flows.transform import transform
-from tasks.config import Settings, prefect_environment
-from tasks.report import ReportRecord
-from tasks.sweep import ChampionRecord
+from tasks.config import Settings
+from tasks.orchestration import prefect_environment
+from tasks.report.summary import ReportRecord
+from tasks.train.sweep import ChampionRecord
 
 
 class PipelineResult(BaseModel):

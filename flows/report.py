@@ -6,8 +6,8 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.config import prefect_environment
-from tasks.report import ReportRecord, post_telemetry, write_report
+from tasks.orchestration import prefect_environment
+from tasks.report.summary import ReportRecord, post_telemetry, write_report
 
 
 @flow(name="report", log_prints=True)

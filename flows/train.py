@@ -8,8 +8,9 @@ from typing import Literal
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.config import load_settings, prefect_environment, sweep_task_runner
-from tasks.sweep import (
+from tasks.config import load_settings
+from tasks.orchestration import prefect_environment, sweep_task_runner
+from tasks.train.sweep import (
     ChampionRecord,
     open_experiment,
     promote_champion,
@@ -17,8 +18,10 @@ from tasks.sweep import (
     summary_markdown,
     write_recommendations,
 )
-from tasks.training import evaluate_unit, prepare_training_set, sweep_diagnostics, sweep_tasks
-from tasks.warehouse import current_version, database_url, migrate
+from tasks.train.units import evaluate_unit, prepare_training_set, sweep_diagnostics, sweep_tasks
+from tasks.warehouse.connection import database_url
+from tasks.warehouse.loads import current_version
+from tasks.warehouse.schema import migrate
 
 ModelKind = Literal["kmeans_knn", "paper", "forest", "bias", "global_mean", "popularity"]
 DEFAULT_KINDS: list[ModelKind] = [

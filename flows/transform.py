@@ -5,10 +5,12 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.ingest import ingest
-from tasks.config import load_settings, prefect_environment
+from tasks.config import load_settings
 from tasks.features import build_features
-from tasks.movielens import RawDataset, curate_dataset
-from tasks.warehouse import LoadResult, load_into_warehouse
+from tasks.movielens.curate import curate_dataset
+from tasks.movielens.sources import RawDataset
+from tasks.orchestration import prefect_environment
+from tasks.warehouse.loads import LoadResult, load_into_warehouse
 
 
 @flow(name="transform", log_prints=True)

@@ -19,12 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # check, ThingsBoard) keeps every cache.
 SHARED_CODE = ("tasks/config.py", "tasks/lake.py", "tasks/caching.py")
 DATA_CODE = (
-    *SHARED_CODE, "tasks/datasets.py", "tasks/movielens.py", "tasks/features.py",
-    "tasks/warehouse.py", "deployments/sql/*.sql",
+    *SHARED_CODE, "tasks/movielens/*.py", "tasks/features.py", "tasks/warehouse/*.py",
+    "deployments/sql/*.sql",
 )  # fmt: skip
 MODEL_CODE = (
-    *SHARED_CODE, "recommender/**/*.py", "tasks/training.py", "tasks/sweep.py",
-    "tasks/tracking.py", "tasks/serving_model.py",
+    *SHARED_CODE, "recommender/**/*.py", "tasks/train/*.py",
 )  # fmt: skip
 
 
@@ -73,7 +72,7 @@ class Destinations(CachePolicy):
         flow_parameters: dict[str, Any],
         **kwargs: Any,
     ) -> str | None:
-        from tasks.config import load_settings  # (config is part of SHARED_CODE, not an import)
+        from tasks.config import load_settings  # (config is part of SHARED_CODE, not an import
 
         settings = load_settings()
         database = settings.database_url

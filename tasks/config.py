@@ -8,8 +8,6 @@ part at a real service instead.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -17,11 +15,10 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tasks.datasets import DATASETS, movielens_set
+from tasks.movielens.catalog import DATASETS, movielens_set
 
 GROUPLENS_ML100K_URL = DATASETS["ml-100k"].url
 GROUPLENS_ML100K_MD5 = DATASETS["ml-100k"].md5
-RESULT_STORAGE_BLOCK = "recsys-results"
 
 
 class Settings(BaseSettings):
@@ -33,7 +30,8 @@ class Settings(BaseSettings):
 
     home: Path = Field(default=Path(".recsys"), description="project data folder")
     dataset: str = Field(
-        default="ml-100k", description="MovieLens member: a name of tasks/datasets.py's registry"
+        default="ml-100k",
+        description="MovieLens member: a name of tasks/movielens/catalog.py's registry",
     )
     # Unset, these two follow the dataset: its GroupLens archive and published MD5.
     movielens_source: str = Field(
@@ -126,13 +124,39 @@ class Settings(BaseSettings):
         default=None,
         description="the folder holding flows/ on a worker: prefect.yaml's pull step enters it",
     )
+    # --- the HTTP service (api/) ---
+    api_host: str = Field(default="127.0.0.1", description="address the API listens on")
+    api_port: int = Field(default=8000, ge=1, le=65535, description="port the API listens on")
+    api_workers: int = Field(default=1, ge=1, description="uvicorn worker processes of the API")
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token of the API's endpoints that change something; unset: they "
+        "answer 403",
+    )
+    api_max_n: int = Field(default=100, ge=1, description="most recommendations one answer holds")
+    api_max_batch: int = Field(default=1000, ge=1, description="most users or pairs per request")
+    api_max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="largest JSON request body the API reads"
+    )
+    api_max_upload_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1024, description="largest file or model upload"
+    )
+    model_poll_seconds: float = Field(
+        default=10.0, gt=0, description="how often the API checks whether the alias moved"
+    )
+    telemetry_interval_seconds: float = Field(
+        default=10.0, gt=0, description="how often the API sends its aggregates to ThingsBoard"
+    )
+    recorder_flush_seconds: float = Field(
+        default=0.2, gt=0, description="how often the API writes its answers to PostgreSQL"
+    )
 
     @field_validator("home", mode="after")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
-    @field_validator("thingsboard_device_token", "thingsboard_password", mode="after")
+    @field_validator("thingsboard_device_token", "thingsboard_password", "api_token", mode="after")
     @classmethod
     def _secret_or_none(cls, value: SecretStr | None) -> SecretStr | None:
         """An empty value (``THINGSBOARD_DEVICE_TOKEN=`` in compose) means unset."""
@@ -215,52 +239,6 @@ class Settings(BaseSettings):
         return overrides
 
 
-def sweep_task_runner(settings: Settings) -> Any:
-    """The sweep's task runner: Prefect's thread pool, or Dask (a cluster address or local)."""
-    if settings.task_runner == "dask":
-        from prefect_dask import DaskTaskRunner
-
-        if settings.dask_address:
-            return DaskTaskRunner(address=settings.dask_address)
-        return DaskTaskRunner(
-            cluster_kwargs={"n_workers": settings.sweep_workers, "threads_per_worker": 1,
-                            "processes": False, "dashboard_address": None}
-        )  # fmt: skip
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    return ThreadPoolTaskRunner(max_workers=settings.sweep_workers)
-
-
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings from the environment and ``.env`` (keyword overrides win)."""
     return Settings(**overrides)
-
-
-@contextlib.contextmanager
-def prefect_environment(settings: Settings | None = None) -> Iterator[Settings]:
-    """Run Prefect inside the project's settings: a local home and, on S3, shared results.
-
-    Prefect reads its settings once at import, so a local run enters this context (the
-    flows' ``__main__`` does) instead of exporting environment variables. A deployment run by
-    a worker takes Prefect's settings from the worker's own environment.
-    """
-    import prefect.settings
-    from prefect.settings import temporary_settings
-
-    settings = settings or load_settings()
-    settings.resolved_prefect_home.mkdir(parents=True, exist_ok=True)
-    updates = {
-        getattr(prefect.settings, name): value
-        for name, value in settings.prefect_overrides().items()
-    }
-    with temporary_settings(updates=updates):
-        if not settings.lake_is_s3:
-            yield settings
-            return
-        from tasks.lake import save_result_storage_block
-
-        block_slug = save_result_storage_block(settings)
-        with temporary_settings(
-            updates={prefect.settings.PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: block_slug}
-        ):
-            yield settings

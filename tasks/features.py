@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from tasks.caching import DATA_CONTENT
 from tasks.config import load_settings
 from tasks.lake import Lake
-from tasks.movielens import CuratedDataset
+from tasks.movielens.curate import CuratedDataset
 
 DAMPING = 5.0  # pseudo-ratings at the prior mean: a movie with 2 ratings stays near average
 

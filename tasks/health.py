@@ -205,6 +205,23 @@ def check_stack(settings: Settings) -> list[PartHealth]:
     ]
 
 
+def check_service_stack(settings: Settings) -> list[PartHealth]:
+    """The parts the HTTP service uses. Without a Prefect server the service starts no
+    temporary one (its ingest and ETL endpoints need a server): Prefect is not configured."""
+    prefect = (
+        check_prefect(settings)
+        if settings.prefect_api_url
+        else [not_configured("prefect api", "no Prefect server (PREFECT_API_URL)")]
+    )
+    return [
+        check_lake(settings),
+        check_postgres(settings),
+        *check_mlflow(settings),
+        *prefect,
+        check_thingsboard(settings),
+    ]
+
+
 @task(name="check-stack", cache_policy=NO_CACHE, persist_result=False)
 def check_configured_stack() -> list[PartHealth]:
     """Probe every part of the stack the settings configure (never cached: health is now)."""
@@ -240,7 +257,7 @@ def health_table(results: Sequence[PartHealth]) -> str:
 
 # --- probes -----------------------------------------------------------------------------------
 def _embedded_database_url(settings: Settings) -> str:
-    from tasks.warehouse import database_url
+    from tasks.warehouse.connection import database_url
 
     return database_url(settings)
 

@@ -13,7 +13,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import fsspec
@@ -184,35 +184,3 @@ def _filesystem(protocol: str, options: tuple[tuple[str, Any], ...]) -> fsspec.A
         extra = {"skip_instance_cache": True} if protocol == "s3" else {}
         _FILESYSTEMS[key] = fsspec.filesystem(protocol, **kwargs, **extra)
     return _FILESYSTEMS[key]
-
-
-def save_result_storage_block(settings: Settings) -> str:
-    """Save the prefect-aws ``S3Bucket`` block that holds Prefect's results next to the lake.
-
-    Workers that share the lake then share task caches. Credentials come from the named
-    AwsCredentials block, or from the settings (kept as secret fields by Prefect), or, when
-    neither is given, from boto3's own chain (environment, instance profile).
-    """
-    from prefect_aws import AwsCredentials, S3Bucket
-    from prefect_aws.credentials import AwsClientParameters
-
-    from tasks.config import RESULT_STORAGE_BLOCK
-
-    parsed = urlparse(settings.resolved_lake_url)
-    if settings.aws_credentials_block:
-        credentials = cast(AwsCredentials, AwsCredentials.load(settings.aws_credentials_block))
-    else:
-        credentials = AwsCredentials(
-            aws_access_key_id=_secret(settings.aws_access_key_id),
-            aws_secret_access_key=settings.aws_secret_access_key,
-            region_name=settings.aws_region,
-            aws_client_parameters=AwsClientParameters(endpoint_url=settings.s3_endpoint_url),
-        )
-    folder = "/".join(part for part in (parsed.path.strip("/"), "prefect-results") if part)
-    block = S3Bucket(bucket_name=parsed.netloc, bucket_folder=folder, credentials=credentials)
-    block.save(RESULT_STORAGE_BLOCK, overwrite=True)
-    return f"s3-bucket/{RESULT_STORAGE_BLOCK}"
-
-
-def _secret(value: Any) -> str | None:
-    return value.get_secret_value() if value is not None else None

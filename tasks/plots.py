@@ -1,11 +1,13 @@
-"""Matplotlib figures for the training sweep and the report.
+"""Matplotlib figures and Markdown tables for the training sweep and the report.
 
 Built on ``matplotlib.figure.Figure`` directly (no global pyplot state), so safe in threads.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -217,3 +219,15 @@ def save_figure(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", dpi=110, bbox_inches="tight")
     return path
+
+
+def markdown_table(frame: pl.DataFrame, digits: int = 4) -> list[str]:
+    """``frame`` as Markdown table lines; floats rounded to ``digits``, nulls blank."""
+
+    def cell(value: Any) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    header = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * frame.width]
+    return header + ["| " + " | ".join(map(cell, row)) + " |" for row in frame.iter_rows()]

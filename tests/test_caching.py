@@ -11,8 +11,8 @@ from tasks import caching
 from tasks.caching import DATA_CODE, MODEL_CODE
 
 FILES = (
-    "recommender/knn.py", "tasks/training.py", "tasks/movielens.py", "tasks/config.py",
-    "tasks/report.py", "deployments/sql/V001.sql", "README.md",
+    "recommender/knn.py", "tasks/train/units.py", "tasks/movielens/formats.py", "tasks/config.py",
+    "tasks/report/summary.py", "deployments/sql/V001.sql", "README.md",
 )  # fmt: skip
 
 
@@ -40,11 +40,11 @@ def changes(tree: Path, name: str, patterns: tuple[str, ...]) -> bool:
     [
         ("recommender/knn.py", True, False),  # a model default: the sweep recomputes
         ("recommender/new_model.py", True, False),
-        ("tasks/training.py", True, False),
-        ("tasks/movielens.py", False, True),  # parsing: ingest and curation recompute
+        ("tasks/train/units.py", True, False),
+        ("tasks/movielens/formats.py", False, True),  # parsing: ingest and curation recompute
         ("deployments/sql/V001.sql", False, True),
         ("tasks/config.py", True, True),
-        ("tasks/report.py", False, False),  # the report reads results, keeps every cache
+        ("tasks/report/summary.py", False, False),  # the report reads results, keeps every cache
         ("README.md", False, False),
     ],
 )
@@ -74,8 +74,8 @@ def test_results_written_to_a_store_are_keyed_to_that_store(
 ) -> None:
     """Pointing MLflow or the warehouse elsewhere computes anew: a cached sweep would otherwise
     name runs and versions that the new store does not hold."""
-    from tasks.sweep import promote_champion, record_sweep, write_recommendations
-    from tasks.warehouse import load_warehouse
+    from tasks.train.sweep import promote_champion, record_sweep, write_recommendations
+    from tasks.warehouse.loads import load_warehouse
 
     monkeypatch.setenv("RECSYS_HOME", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

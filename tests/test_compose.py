@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tasks.config import RESULT_STORAGE_BLOCK, Settings, load_settings
+from tasks.config import Settings, load_settings
+from tasks.orchestration import RESULT_STORAGE_BLOCK
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())

@@ -21,8 +21,8 @@ import pytest
 import requests
 
 from bench.synth import SyntheticSize, write_ml100k
-from tasks.config import RESULT_STORAGE_BLOCK
 from tasks.lake import Lake
+from tasks.orchestration import RESULT_STORAGE_BLOCK
 from tests.conftest import S3Server
 
 pytestmark = pytest.mark.slow

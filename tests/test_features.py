@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from tasks.features import genre_slug, item_features, user_features
-from tasks.warehouse import warehouse_tables
+from tasks.warehouse.loads import warehouse_tables
 
 # Two users, three items; genres: 0 Action, 1 Drama. Item 1 Action, item 2 Drama, item 3 both.
 RATINGS = pl.DataFrame(

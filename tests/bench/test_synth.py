@@ -14,8 +14,9 @@ from bench.synth import (
     structured_ratings,
     write_scaled_csv,
 )
-from tasks.datasets import movielens_set
-from tasks.movielens import FoldRule, curate_files
+from tasks.movielens.catalog import movielens_set
+from tasks.movielens.folds import FoldRule
+from tasks.movielens.formats import curate_files
 
 SIZE = SyntheticSize(ratings=24_000, users=300, items=200)
 HALF_STARS = [0.5 * k for k in range(1, 11)]

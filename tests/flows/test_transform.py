@@ -12,8 +12,10 @@ from flows.ingest import ingest
 from flows.transform import transform
 from tasks.config import load_settings
 from tasks.lake import Lake
-from tasks.movielens import ValidationError
-from tasks.warehouse import TABLES, current_version, migrate, read_table, table_counts
+from tasks.movielens.errors import ValidationError
+from tasks.warehouse.loads import current_version
+from tasks.warehouse.queries import read_table, table_counts
+from tasks.warehouse.schema import TABLES, migrate
 from tests.conftest import task_run_states
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -1,6 +1,6 @@
 """The MovieLens family: where GroupLens publishes each member and how its files are laid out.
 
-Data only: the parsers in ``tasks/movielens.py`` read a member's files by its ``layout``.
+Data only: the parsers in ``tasks/movielens/formats.py`` read a member's files by its ``layout``.
 """
 
 from __future__ import annotations

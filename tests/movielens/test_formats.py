@@ -13,17 +13,13 @@ import pytest
 
 from bench.synth import SyntheticSize, write_archive, write_csv_member, write_dataset
 from tasks.config import load_settings
-from tasks.datasets import DATASETS, movielens_set
 from tasks.lake import Lake
-from tasks.movielens import (
-    ArchiveError,
-    ChecksumMismatchError,
-    CuratedTables,
-    FoldRule,
-    ValidationError,
-    curate_files,
-)
-from tasks.warehouse import LoadResult, read_table, table_counts
+from tasks.movielens.catalog import DATASETS, movielens_set
+from tasks.movielens.errors import ArchiveError, ChecksumMismatchError, ValidationError
+from tasks.movielens.folds import FoldRule
+from tasks.movielens.formats import CuratedTables, curate_files
+from tasks.warehouse.loads import LoadResult
+from tasks.warehouse.queries import read_table, table_counts
 from tests.conftest import HttpServer
 
 SMALL = SyntheticSize(ratings=600, users=30, items=60)
@@ -369,38 +365,39 @@ def test_migrations_upgrade_a_loaded_warehouse(
 ) -> None:
     import shutil
 
-    from tasks import warehouse
     from tasks.features import item_features, user_features
+    from tasks.warehouse import loads, schema
+    from tasks.warehouse.connection import connect
 
     def tables(dataset: str, rule: FoldRule) -> dict[str, pl.DataFrame]:
         curated = curate(dataset, member_files(tmp_path, dataset), rule)
         items = item_features(curated.ratings, curated.items, curated.item_genres, curated.genres)
         users = user_features(curated.ratings, curated.users, curated.item_genres, curated.genres)
-        return warehouse.warehouse_tables(curated.tables(), items, users)
+        return loads.warehouse_tables(curated.tables(), items, users)
 
     before = tmp_path / "sql"
     before.mkdir()
     # (and V005's build column, which today's loader writes)
     for name in ("V001__warehouse.sql", "V002__outbox_keys.sql", "V005__load_build.sql"):
-        shutil.copy(warehouse.MIGRATIONS / name, before / name)
-    monkeypatch.setattr(warehouse, "MIGRATIONS", before)
-    monkeypatch.setattr(warehouse, "PARTITION_KEYS", {})  # the loader before V004
-    warehouse.migrate(database_url)
-    warehouse.load_dataset(database_url, "ml-1m", "v1", tables("ml-1m", RANDOM))
+        shutil.copy(schema.MIGRATIONS / name, before / name)
+    monkeypatch.setattr(schema, "MIGRATIONS", before)
+    monkeypatch.setattr(loads, "PARTITION_KEYS", {})  # the loader before V004
+    schema.migrate(database_url)
+    loads.load_dataset(database_url, "ml-1m", "v1", tables("ml-1m", RANDOM))
     monkeypatch.undo()
 
-    applied = warehouse.migrate(database_url)
-    old_partition = warehouse.partition_name("movielens.ratings", "ml-1m", "v1")
-    migrated_keys = warehouse.read_table(
+    applied = schema.migrate(database_url)
+    old_partition = loads.partition_name("movielens.ratings", "ml-1m", "v1")
+    migrated_keys = read_table(
         database_url,
         "SELECT contype::text AS kind FROM pg_constraint WHERE conrelid = %s::regclass"
         " AND contype IN ('p', 'f') ORDER BY 1",
         (old_partition,),
     )
-    temporal = warehouse.load_dataset(
+    temporal = loads.load_dataset(
         database_url, "ml-25m", "v1", tables("ml-25m", FoldRule("temporal"))
     )
-    reloaded = warehouse.load_dataset(database_url, "ml-1m", "v2", tables("ml-1m", RANDOM))
+    reloaded = loads.load_dataset(database_url, "ml-1m", "v2", tables("ml-1m", RANDOM))
 
     assert applied == ["V003__fold_zero", "V004__ratings_keys_on_ids"]
     assert migrated_keys["kind"].to_list() == ["f", "f", "p"]  # V004 keyed the loaded partition
@@ -408,7 +405,7 @@ def test_migrations_upgrade_a_loaded_warehouse(
     assert folds_in_warehouse(database_url, "ml-25m") == [0, 1]
     with (
         pytest.raises(Exception, match="ratings_test_fold_range"),
-        warehouse.connect(database_url) as conn,
+        connect(database_url) as conn,
     ):
         conn.execute("INSERT INTO movielens.ratings VALUES ('ml-1m', 1, 1, 3, now(), 6)")
 
@@ -425,7 +422,7 @@ def test_train_on_each_layout(
     scheme: str,
 ) -> None:
     from flows.train import train
-    from tasks.training import prepare_training_set
+    from tasks.train.units import prepare_training_set
 
     monkeypatch.setenv("RECSYS_FOLD_SCHEME", scheme)
     loaded = transform_member(tmp_path, dataset, monkeypatch)

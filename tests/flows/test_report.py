@@ -21,12 +21,13 @@ from flows.report import report
 from flows.train import train
 from flows.transform import transform
 from tasks.config import load_settings
-from tasks.report import ReportRecord
-from tasks.thingsboard import dashboard_keys
-from tasks.tracking import configure_mlflow
-from tasks.warehouse import connect, read_table
+from tasks.report.summary import ReportRecord
+from tasks.report.thingsboard import dashboard_keys
+from tasks.train.tracking import configure_mlflow
+from tasks.warehouse.connection import connect
+from tasks.warehouse.queries import read_table
 from tests.conftest import synthetic_project
-from tests.test_thingsboard import ADMIN, DASHBOARD, TOKEN, FakeThingsBoard, thingsboard
+from tests.report.test_thingsboard import ADMIN, DASHBOARD, TOKEN, FakeThingsBoard, thingsboard
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 __all__ = ["thingsboard"]  # the loopback ThingsBoard fixture, shared with its own tests

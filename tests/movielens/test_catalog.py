@@ -12,14 +12,9 @@ from pydantic import ValidationError
 
 from bench.synth import SyntheticSize, ratings_frame
 from tasks.config import load_settings
-from tasks.datasets import DATASETS, Layout, UnknownDatasetError, movielens_set
-from tasks.movielens import (
-    FoldRule,
-    dataset_version,
-    fold_rule,
-    random_folds,
-    temporal_folds,
-)
+from tasks.movielens.catalog import DATASETS, Layout, UnknownDatasetError, movielens_set
+from tasks.movielens.curate import dataset_version
+from tasks.movielens.folds import FoldRule, fold_rule, random_folds, temporal_folds
 
 # The archives and MD5s GroupLens publishes (files.grouplens.org/datasets/movielens/*.zip.md5).
 PUBLISHED = {
@@ -163,7 +158,7 @@ def test_temporal_holdout_of_a_hand_checked_user() -> None:
 
 
 def test_version_changes_with_the_fold_rule_only_off_ml100k() -> None:
-    from tasks.movielens import RawDataset, RawFile
+    from tasks.movielens.sources import RawDataset, RawFile
 
     raw = RawDataset(
         dataset="ml-25m",
@@ -184,7 +179,7 @@ def test_version_changes_with_the_fold_rule_only_off_ml100k() -> None:
 def test_an_unpinned_archive_url_is_fetched_anew_each_day(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import tasks.movielens as movielens
+    import tasks.movielens.sources as movielens
 
     url = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
     today = movielens.resolve_source(url, None).fingerprint

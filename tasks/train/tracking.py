@@ -31,14 +31,14 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from recommender import RecommenderModel
 from tasks.config import Settings
 from tasks.lake import Lake
-from tasks.training import LOWER_IS_BETTER, METRICS
+from tasks.train.units import LOWER_IS_BETTER, METRICS
 
 EXPERIMENT = "movielens-recommender"
 REGISTERED_MODEL = "movielens-recommender"
 CHAMPION, CHALLENGER = "champion", "challenger"
 REFERENCE_DATASET = "ml-100k"  # its champion is plain ``@champion``
-REPO = Path(__file__).resolve().parents[1]
-SERVING_MODEL = REPO / "tasks" / "serving_model.py"
+REPO = Path(__file__).resolve().parents[2]
+SERVING_MODEL = REPO / "tasks" / "train" / "serving_model.py"
 LIBRARY = REPO / "recommender"
 SERVING_REQUIREMENTS = ("mlflow", "numpy", "scipy", "scikit-learn", "pandas", "pyarrow", "polars")
 

@@ -26,14 +26,14 @@ from flows.train import train
 from flows.transform import transform
 from tasks.config import load_settings
 from tasks.lake import Lake
-from tasks.sweep import ChampionRecord
-from tasks.tracking import (
+from tasks.train.sweep import ChampionRecord
+from tasks.train.tracking import (
     REGISTERED_MODEL,
     configure_mlflow,
     current_champion,
     register_and_promote,
 )
-from tasks.warehouse import read_table
+from tasks.warehouse.queries import read_table
 from tests.conftest import synthetic_project, task_run_states
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

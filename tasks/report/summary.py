@@ -4,7 +4,6 @@ warehouse, written as a local folder of plots and ``report.md``, and sent to Thi
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +18,8 @@ from pydantic import BaseModel, ConfigDict
 from recommender import PAPER_RMSE
 from tasks import plots
 from tasks.config import Settings, load_settings
-from tasks.thingsboard import (
+from tasks.plots import markdown_table
+from tasks.report.thingsboard import (
     DeliveryReport,
     ThingsBoardDevice,
     ThingsBoardUnavailable,
@@ -29,7 +29,7 @@ from tasks.thingsboard import (
     telemetry_messages,
     telemetry_values,
 )
-from tasks.tracking import (
+from tasks.train.tracking import (
     CHAMPION,
     EXPERIMENT,
     REGISTERED_MODEL,
@@ -37,10 +37,12 @@ from tasks.tracking import (
     champion_model_version,
     configure_mlflow,
 )
-from tasks.training import LOWER_IS_BETTER, METRICS
-from tasks.warehouse import database_url, export_frame, migrate, table_counts
+from tasks.train.units import LOWER_IS_BETTER, METRICS
+from tasks.warehouse.connection import database_url
+from tasks.warehouse.queries import export_frame, table_counts
+from tasks.warehouse.schema import migrate
 
-DASHBOARD = Path(__file__).resolve().parents[1] / "deployments" / "thingsboard" / "dashboard.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "deployments" / "thingsboard" / "dashboard.json"
 # model kinds of the sweep -> the model family in telemetry keys (``rmse_knn_tuned``)
 FAMILIES: dict[str, str] = {
     "kmeans_knn": "knn_tuned",
@@ -186,18 +188,6 @@ def rating_counts(ratings: pl.DataFrame) -> dict[float, int]:
 
 
 # --- writing -----------------------------------------------------------------------------------
-def markdown_table(frame: pl.DataFrame, digits: int = 4) -> list[str]:
-    """``frame`` as Markdown table lines; floats rounded to ``digits``, nulls blank."""
-
-    def cell(value: Any) -> str:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return ""
-        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-    header = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * frame.width]
-    return header + ["| " + " | ".join(map(cell, row)) + " |" for row in frame.iter_rows()]
-
-
 def report_markdown(
     sweep: SweepSummary,
     champion: ChampionSummary | None,

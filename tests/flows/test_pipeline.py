@@ -14,10 +14,10 @@ import pytest
 
 from flows.pipeline import PipelineResult, where_to_look
 from tasks.config import load_settings
-from tasks.report import ReportRecord
-from tasks.sweep import ChampionRecord
+from tasks.report.summary import ReportRecord
+from tasks.train.sweep import ChampionRecord
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FOREIGN = ("RECSYS_", "PREFECT_", "MLFLOW_", "THINGSBOARD_", "AWS_")
 
 

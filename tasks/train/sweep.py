@@ -15,8 +15,8 @@ from tasks import plots
 from tasks.caching import CONTENT, RECORDED
 from tasks.config import load_settings
 from tasks.lake import Lake
-from tasks.report import markdown_table
-from tasks.tracking import (
+from tasks.plots import markdown_table
+from tasks.train.tracking import (
     REGISTERED_MODEL,
     configure_mlflow,
     current_champion,
@@ -29,7 +29,7 @@ from tasks.tracking import (
     register_and_promote,
     start_sweep_run,
 )
-from tasks.training import (
+from tasks.train.units import (
     LOWER_IS_BETTER,
     SweepDiagnostics,
     TrainingSet,
@@ -38,7 +38,8 @@ from tasks.training import (
     sweep_table,
     top_n_for_every_user,
 )
-from tasks.warehouse import database_url, replace_recommendations
+from tasks.warehouse.connection import database_url
+from tasks.warehouse.loads import replace_recommendations
 
 
 class SweepRecord(BaseModel):

@@ -11,16 +11,17 @@ import pytest
 
 from bench.synth import SyntheticSize, write_ml100k
 from flows.ingest import ingest
-from tasks.config import load_settings, prefect_environment
+from tasks.config import load_settings
 from tasks.lake import Lake
-from tasks.movielens import (
+from tasks.movielens.errors import (
     ArchiveError,
     ChecksumMismatchError,
     DownloadError,
     IngestError,
     SourceNotFoundError,
-    folder_sha256,
 )
+from tasks.movielens.sources import folder_sha256
+from tasks.orchestration import prefect_environment
 from tests.conftest import HttpServer, S3Server, task_run_states
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

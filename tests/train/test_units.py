@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.training import SweepTask, sweep_tasks
+from tasks.train.units import SweepTask, sweep_tasks
 
 
 def keys(units: list[SweepTask]) -> list[tuple[str, int, int | None]]:

@@ -9,19 +9,17 @@ import pytest
 
 from bench.synth import SyntheticSize, write_ml100k
 from tasks.features import item_features, user_features
-from tasks.movielens import (
+from tasks.movielens.errors import ValidationError
+from tasks.movielens.folds import random_folds
+from tasks.movielens.formats import RATINGS_SPEC, curate_ml100k, parse_users
+from tasks.movielens.validation import (
     RATING_DTYPES,
-    RATINGS_SPEC,
     KnownIds,
-    ValidationError,
     check_ratings,
-    curate_ml100k,
-    parse_users,
-    random_folds,
     read_fields,
     read_typed_fields,
 )
-from tasks.warehouse import warehouse_tables
+from tasks.warehouse.loads import warehouse_tables
 
 SMALL = SyntheticSize(ratings=400, users=25, items=50)
 

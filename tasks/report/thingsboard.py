@@ -20,7 +20,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from tasks.config import load_settings
-from tasks.warehouse import connect
+from tasks.warehouse.connection import connect
 
 if TYPE_CHECKING:
     from tasks.config import Settings
@@ -145,11 +145,20 @@ class ThingsBoardDevice:
         """Store ``values`` as time series points at ``ts_ms`` (unix milliseconds)."""
         self._post("telemetry", {"ts": int(ts_ms), "values": dict(values)})
 
+    def post_series(self, entries: Iterable[Mapping[str, Any]]) -> None:
+        """Store several time series points in one request: ``[{"ts": ms, "values": {...}}]``."""
+        self._post_body(
+            "telemetry", [{"ts": int(e["ts"]), "values": dict(e["values"])} for e in entries]
+        )
+
     def post_attributes(self, attributes: Mapping[str, Any]) -> None:
         """Set the device's client-side attributes."""
         self._post("attributes", dict(attributes))
 
     def _post(self, resource: str, body: dict[str, Any]) -> None:
+        self._post_body(resource, body)
+
+    def _post_body(self, resource: str, body: dict[str, Any] | list[dict[str, Any]]) -> None:
         what = f"ThingsBoard {resource} to {self.base_url}"
         try:
             response = self.session.post(
@@ -252,7 +261,9 @@ def enqueue(url: str, kind: OutboxKind, payload: Mapping[str, Any]) -> int:
 
 
 def _send(device: ThingsBoardDevice, kind: str, payload: dict[str, Any]) -> None:
-    if kind == "telemetry":
+    if kind == "telemetry" and "series" in payload:  # the service's interval: many points
+        device.post_series(payload["series"])
+    elif kind == "telemetry":
         device.post_telemetry(payload["ts"], payload["values"])
     else:
         device.post_attributes(payload)

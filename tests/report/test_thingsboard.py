@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tasks.config import load_settings
-from tasks.thingsboard import (
+from tasks.report.thingsboard import (
     DeliveryReport,
     ThingsBoardAuthError,
     ThingsBoardDevice,
@@ -32,9 +32,10 @@ from tasks.thingsboard import (
     telemetry_session,
     telemetry_values,
 )
-from tasks.warehouse import connect, migrate
+from tasks.warehouse.connection import connect
+from tasks.warehouse.schema import migrate
 
-DASHBOARD = Path(__file__).resolve().parents[1] / "deployments" / "thingsboard" / "dashboard.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "deployments" / "thingsboard" / "dashboard.json"
 TOKEN = "device-token-s3cr3t"
 ADMIN = ("tenant@thingsboard.org", "tenant")
 METRICS: dict[str, dict[str, float | None]] = {
@@ -126,9 +127,15 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(503, {"message": "busy"}, {"Retry-After": "0"})
         if token not in tb.tokens:
             return self.reply(401, {"message": "Invalid device token"})
-        if resource not in {"telemetry", "attributes"} or not isinstance(body, dict):
+        if resource == "telemetry" and isinstance(body, list):  # several points in one post
+            if not all(isinstance(e, dict) and isinstance(e.get("values"), dict) and "ts" in e
+                       for e in body):  # fmt: skip
+                return self.reply(400, {"message": "expected ts and values in every entry"})
+        elif resource not in {"telemetry", "attributes"} or not isinstance(body, dict):
             return self.reply(400, {"message": "bad JSON"})
-        if resource == "telemetry" and not (isinstance(body.get("values"), dict) and "ts" in body):
+        elif resource == "telemetry" and not (
+            isinstance(body.get("values"), dict) and "ts" in body
+        ):
             return self.reply(400, {"message": "expected ts and values"})
         time.sleep(tb.delay)
         with tb.lock:
@@ -476,7 +483,7 @@ def test_provisioning_retries_its_login_but_never_repeats_a_create(
 ) -> None:
     """A device or dashboard POST whose reply was lost is not sent again (ThingsBoard would
     make a second dashboard of the same title); the login, harmless to repeat, is retried."""
-    from tasks.thingsboard import ADMIN_RETRY_METHODS
+    from tasks.report.thingsboard import ADMIN_RETRY_METHODS
 
     thingsboard.fail_next = 1  # the login's first answer: 503
 

@@ -1,0 +1,128 @@
+"""The curation task: raw files -> validated curated Parquet of one dataset version, rejects
+to the lake.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+from prefect import task
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
+from prefect.logging import get_run_logger
+from pydantic import BaseModel, ConfigDict
+
+from tasks.caching import DATA_CONTENT
+from tasks.config import load_settings
+from tasks.lake import Lake
+from tasks.movielens.catalog import (
+    Layout,
+    movielens_set,
+)
+from tasks.movielens.errors import ValidationError
+from tasks.movielens.folds import OFFICIAL, OFFICIAL_FOLDS, FoldRule, fold_rule
+from tasks.movielens.formats import curate_files
+from tasks.movielens.sources import RawDataset, sha256_text
+
+CURATED_FORMAT = "1"  # bump when the curated tables change shape: it changes every version
+
+
+# --- the curated layer ------------------------------------------------------------------------
+class CuratedDataset(BaseModel):
+    """Reference to validated, typed Parquet tables of one dataset version."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset: str
+    lake_url: str
+    version: str
+    row_counts: dict[str, int]
+    rejected: int
+    folds: str = OFFICIAL  # the fold rule's label: official, random:<seed> or temporal
+
+    @property
+    def prefix(self) -> str:
+        return f"curated/{self.dataset}/{self.version}"
+
+    def table_keys(self) -> dict[str, str]:
+        return {name: f"{self.prefix}/{name}.parquet" for name in self.row_counts}
+
+
+def dataset_version(raw: RawDataset, folds: FoldRule = OFFICIAL_FOLDS) -> str:
+    """A short, stable version derived from the raw manifest's file hashes (and the fold rule
+    when it is not the official one: other folds are another version of the tables)."""
+    hashes = "\n".join(f"{f.file}:{f.sha256}" for f in sorted(raw.files, key=lambda f: f.file))
+    rule = "" if folds.scheme == OFFICIAL else f"\nfolds:{folds.label}"
+    return sha256_text(f"{CURATED_FORMAT}\n{hashes}{rule}")[:16]
+
+
+@dataclass
+class FoldSettings(CachePolicy):
+    """Keys a curated result to the fold settings ``curate_dataset`` reads."""
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        settings = load_settings()
+        return f"folds={settings.fold_scheme}:{settings.fold_seed}"
+
+
+def files_to_parse(raw: RawDataset) -> list[str]:
+    """The raw files the curated tables come from (ml-100k: u.* and the official u*.test)."""
+    member = movielens_set(raw.dataset)
+    if member.layout is Layout.ML100K:
+        return [f.file for f in raw.files if f.file.startswith("u.") or f.file.endswith(".test")]
+    return [f.file for f in raw.files if f.file in member.parsed_files]
+
+
+@task(cache_policy=DATA_CONTENT + FoldSettings(), persist_result=True)
+def curate_dataset(raw: RawDataset, max_rejects: int) -> CuratedDataset:
+    """Parse and validate the raw files; write curated Parquet, and every bad row to rejects/."""
+    logger = get_run_logger()
+    settings = load_settings()
+    lake = Lake.from_settings(settings, raw.lake_url)
+    folds = fold_rule(raw.dataset, settings.fold_scheme, settings.fold_seed)
+    files = {name: lake.get_bytes(raw.key(name)) for name in files_to_parse(raw)}
+    curated = curate_files(movielens_set(raw.dataset), files, folds)
+    version = dataset_version(raw, folds)
+    rejected_rows = curated.rejects.select("file", "line").n_unique()
+    if rejected_rows:
+        rejects_key = f"rejects/{raw.dataset}/{version}/rejects.parquet"
+        lake.write_parquet(rejects_key, curated.rejects)
+        logger.warning("%d rejected rows written to %s", rejected_rows, lake.uri(rejects_key))
+        if rejected_rows > max_rejects:
+            raise ValidationError(
+                _rejects_message(curated.rejects, max_rejects, lake.uri(rejects_key))
+            )
+    ref = CuratedDataset(
+        dataset=raw.dataset,
+        lake_url=lake.url,
+        version=version,
+        row_counts={name: frame.height for name, frame in curated.tables().items()},
+        rejected=rejected_rows,
+        folds=folds.label,
+    )
+    for name, frame in curated.tables().items():
+        lake.write_parquet(ref.table_keys()[name], frame)
+    logger.info(
+        "Curated %s version %s (folds %s): %s", raw.dataset, version, folds.label, ref.row_counts
+    )
+    return ref
+
+
+def _rejects_message(rejects: pl.DataFrame, max_rejects: int, where: str) -> str:
+    rows = rejects.select("file", "line").n_unique()
+    examples = "; ".join(
+        f"{r['file']} line {r['line']} field {r['field']} ({r['value']!r}): {r['reason']}"
+        for r in rejects.head(5).iter_rows(named=True)
+    )
+    return (
+        f"{rows} rejected rows (more than the {max_rejects} allowed by "
+        f"RECSYS_MAX_REJECTS), listed in {where}. First: {examples}"
+    )

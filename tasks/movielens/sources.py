@@ -1,0 +1,341 @@
+"""Resolve a MovieLens source, fetch and verify its archive, store its raw files in the lake.
+
+The raw layout is content-addressed: ``raw/<dataset>/<sha256>/<file>`` plus ``manifest.json``,
+written last, so a folder without a manifest was never completed and is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import StrEnum
+from functools import partial
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+from urllib.parse import urlparse
+
+import requests
+from prefect import task
+from prefect.logging import get_run_logger
+from prefect.states import State
+from prefect.tasks import exponential_backoff
+from pydantic import BaseModel, ConfigDict
+
+from tasks.caching import DATA_CONTENT
+from tasks.config import load_settings
+from tasks.lake import CHUNK_BYTES, Lake
+from tasks.movielens.catalog import (
+    movielens_set,
+)
+from tasks.movielens.errors import (
+    ArchiveError,
+    ChecksumMismatchError,
+    DownloadError,
+    IngestError,
+    SourceNotFoundError,
+)
+
+MANIFEST = "manifest.json"
+PROGRESS_STEP = 0.1
+
+Opener = Callable[[], IO[bytes]]
+
+
+class SourceKind(StrEnum):
+    URL = "url"
+    ZIP = "zip"
+    FOLDER = "folder"
+
+
+class MovieLensSource(BaseModel):
+    """Where the dataset comes from and a fingerprint of its content (the cache key)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: SourceKind
+    location: str
+    fingerprint: str
+    expected_md5: str | None = None
+
+
+class FetchedArchive(BaseModel):
+    """A verified local copy: a zip file or an extracted folder, with its sha256."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: SourceKind
+    path: str
+    sha256: str
+    source: str
+
+
+class RawFile(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    file: str
+    size: int
+    sha256: str
+
+
+class RawDataset(BaseModel):
+    """Reference to a completed raw dataset in the lake (never the bytes)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset: str
+    lake_url: str
+    sha256: str
+    files: tuple[RawFile, ...]
+
+    @property
+    def prefix(self) -> str:
+        return f"raw/{self.dataset}/{self.sha256}"
+
+    def key(self, file: str) -> str:
+        return f"{self.prefix}/{file}"
+
+
+# --- resolving the source --------------------------------------------------------------------
+def resolve_source(location: str, expected_md5: str | None) -> MovieLensSource:
+    """Classify ``location`` (URL, local zip, local folder) and fingerprint its content."""
+    if urlparse(location).scheme in {"http", "https"}:
+        # No checksum pins the archive (ml-latest is regenerated): fetch it anew once a day.
+        pin = expected_md5 or f"unpinned {datetime.now(UTC).date().isoformat()}"
+        fingerprint = sha256_text(f"{location}\n{pin}")
+        return MovieLensSource(
+            kind=SourceKind.URL,
+            location=location,
+            fingerprint=fingerprint,
+            expected_md5=expected_md5,
+        )
+    path = Path(location.removeprefix("file://")).expanduser().resolve()
+    if path.is_dir():
+        return MovieLensSource(
+            kind=SourceKind.FOLDER, location=str(path), fingerprint=folder_sha256(path)
+        )
+    if path.is_file():
+        return MovieLensSource(
+            kind=SourceKind.ZIP,
+            location=str(path),
+            fingerprint=file_digests(path)[1],
+            expected_md5=expected_md5,
+        )
+    raise SourceNotFoundError(f"MovieLens source {location}: no such file, folder or URL")
+
+
+def folder_sha256(folder: Path) -> str:
+    """One hash over every file's relative name and content hash, in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{file_digests(path)[1]}\n".encode())
+    return digest.hexdigest()
+
+
+def file_digests(path: Path) -> tuple[str, str]:
+    """(md5, sha256) of a file, read once in chunks."""
+    md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            md5.update(chunk)
+            sha256.update(chunk)
+    return md5.hexdigest(), sha256.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- fetching ---------------------------------------------------------------------------------
+def _is_transient(task: object, task_run: object, state: State[Any]) -> bool:
+    """Retry network failures only: a checksum mismatch or a bad archive will not heal."""
+    try:
+        state.result()
+    except DownloadError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(
+    cache_policy=DATA_CONTENT,
+    persist_result=True,
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=1),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_is_transient,
+)
+def fetch_archive(source: MovieLensSource, downloads_dir: Path) -> FetchedArchive:
+    """Download (streaming, with progress) or locate the archive and verify its checksum."""
+    if source.kind is SourceKind.FOLDER:
+        return FetchedArchive(
+            kind=source.kind,
+            path=source.location,
+            sha256=source.fingerprint,
+            source=source.location,
+        )
+    if source.kind is SourceKind.URL:
+        path = download(source.location, downloads_dir, load_settings().download_timeout_seconds)
+    else:
+        path = Path(source.location)
+    md5, sha256 = file_digests(path)
+    if source.expected_md5 and md5 != source.expected_md5:
+        if source.kind is SourceKind.URL:
+            path.unlink(missing_ok=True)
+        raise ChecksumMismatchError(
+            f"{source.location}: MD5 {md5} does not match the expected {source.expected_md5}"
+            " (corrupt or different archive; set RECSYS_MOVIELENS_MD5 if it is intended)"
+        )
+    check_zip(path, source.location)
+    return FetchedArchive(
+        kind=SourceKind.ZIP, path=str(path), sha256=sha256, source=source.location
+    )
+
+
+def download(url: str, downloads_dir: Path, timeout: float) -> Path:
+    """Stream ``url`` into ``downloads_dir``; the file appears complete or not at all."""
+    logger = get_run_logger()
+    downloads_dir.mkdir(parents=True, exist_ok=True)
+    target = downloads_dir / (PurePosixPath(urlparse(url).path).name or "archive.zip")
+    partial = target.with_suffix(target.suffix + ".part")
+    try:
+        with requests.get(url, stream=True, timeout=timeout) as response:
+            if response.status_code >= 500 or response.status_code == 429:
+                raise DownloadError(f"{url}: server answered HTTP {response.status_code}")
+            if response.status_code >= 400:
+                raise IngestError(f"{url}: HTTP {response.status_code} {response.reason}")
+            expected = int(response.headers.get("Content-Length") or 0)
+            received = _stream_to_file(response, partial, expected, url, logger)
+    except requests.RequestException as exc:
+        partial.unlink(missing_ok=True)
+        raise DownloadError(f"{url}: cannot download ({type(exc).__name__}: {exc})") from exc
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    if expected and received != expected:
+        partial.unlink(missing_ok=True)
+        raise DownloadError(f"{url}: truncated download, {received} of {expected} bytes")
+    partial.replace(target)
+    logger.info("Downloaded %s (%d bytes) to %s", url, received, target)
+    return target
+
+
+def _stream_to_file(
+    response: requests.Response,
+    partial: Path,
+    expected: int,
+    url: str,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+) -> int:
+    received, next_report = 0, PROGRESS_STEP
+    with open(partial, "wb") as sink:
+        for chunk in response.iter_content(chunk_size=1024 * 1024):
+            sink.write(chunk)
+            received += len(chunk)
+            if expected and received / expected >= next_report:
+                logger.info(
+                    "Downloading %s: %d%% (%d bytes)",
+                    url,
+                    int(100 * received / expected),
+                    received,
+                )
+                next_report += PROGRESS_STEP
+    return received
+
+
+def check_zip(path: Path, label: str) -> None:
+    """Fail unless ``path`` is a complete, readable zip archive (CRC of every member)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise ArchiveError(f"{label}: not a zip archive, or truncated ({exc})") from exc
+    if broken is not None:
+        raise ArchiveError(f"{label}: archive member {broken} is corrupt (CRC mismatch)")
+
+
+# --- storing in the lake ----------------------------------------------------------------------
+@task(cache_policy=DATA_CONTENT, persist_result=True)
+def store_raw_files(archive: FetchedArchive, lake_url: str, dataset: str) -> RawDataset:
+    """Copy every file of the archive to ``raw/<dataset>/<sha256>/`` and write the manifest."""
+    logger = get_run_logger()
+    lake = Lake.from_settings(load_settings(), lake_url)
+    prefix = f"raw/{dataset}/{archive.sha256}"
+    if lake.exists(f"{prefix}/{MANIFEST}"):
+        logger.info("Raw %s %s already in the lake", dataset, archive.sha256[:12])
+        return read_raw_dataset(lake, dataset, archive.sha256)
+    with _open_members(archive) as members:
+        _require_files(dataset, [name for name, _ in members], archive.source)
+        files = _copy_members(lake, prefix, members)
+    manifest = {
+        "dataset": dataset,
+        "sha256": archive.sha256,
+        "source": archive.source,
+        "fetched_at": datetime.now(UTC).isoformat(),
+        "files": [file.model_dump() for file in files],
+    }
+    lake.put_json(f"{prefix}/{MANIFEST}", manifest)
+    logger.info("Stored %d raw files of %s in %s", len(files), dataset, lake.uri(prefix))
+    return RawDataset(dataset=dataset, lake_url=lake.url, sha256=archive.sha256, files=files)
+
+
+def read_raw_dataset(lake: Lake, dataset: str, sha256: str) -> RawDataset:
+    """The completed raw dataset whose manifest is in ``lake``."""
+    manifest = lake.get_json(f"raw/{dataset}/{sha256}/{MANIFEST}")
+    files = tuple(RawFile(**entry) for entry in manifest["files"])
+    return RawDataset(dataset=dataset, lake_url=lake.url, sha256=sha256, files=files)
+
+
+def _require_files(dataset: str, names: list[str], source: str) -> None:
+    missing = [name for name in movielens_set(dataset).required_files if name not in names]
+    if missing:
+        raise ArchiveError(f"{source}: {dataset} file(s) {', '.join(missing)} missing")
+
+
+def _copy_members(
+    lake: Lake, prefix: str, members: list[tuple[str, Opener]]
+) -> tuple[RawFile, ...]:
+    """Copy each member; on any failure remove what was written, so nothing is half-stored."""
+    written: list[RawFile] = []
+    try:
+        for name, open_member in members:
+            key = f"{prefix}/{name}"
+            with open_member() as stream:
+                sha256 = lake.put_stream(key, stream)
+            written.append(RawFile(file=name, size=lake.size(key), sha256=sha256))
+    except BaseException:
+        lake.delete(prefix)
+        raise
+    return tuple(written)
+
+
+@contextmanager
+def _open_members(archive: FetchedArchive) -> Iterator[list[tuple[str, Opener]]]:
+    """(relative name, opener) for every file, the archive's top folder stripped."""
+    if archive.kind is SourceKind.FOLDER:
+        root = Path(archive.path)
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        yield [(p.relative_to(root).as_posix(), partial(_open_binary, p)) for p in files]
+        return
+    with zipfile.ZipFile(archive.path) as handle:
+        names = [
+            info.filename
+            for info in handle.infolist()
+            if not info.is_dir() and not info.filename.startswith("__MACOSX/")
+        ]
+        yield [(_member_name(name, archive.source), partial(handle.open, name)) for name in names]
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    return path.open("rb")
+
+
+def _member_name(name: str, source: str) -> str:
+    parts = PurePosixPath(name).parts
+    if any(part in {"..", ""} for part in parts) or name.startswith("/"):
+        raise ArchiveError(f"{source}: unsafe member path {name!r}")
+    return "/".join(parts[1:]) if len(parts) > 1 else parts[0]

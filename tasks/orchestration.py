@@ -1,0 +1,87 @@
+"""Prefect's runtime for a local run: the project's Prefect home and settings, results on the
+lake's S3 bucket when the lake is on S3, and the sweep's task runner."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, cast
+from urllib.parse import urlparse
+
+from tasks.config import Settings, load_settings
+
+RESULT_STORAGE_BLOCK = "recsys-results"
+
+
+@contextlib.contextmanager
+def prefect_environment(settings: Settings | None = None) -> Iterator[Settings]:
+    """Run Prefect inside the project's settings: a local home and, on S3, shared results.
+
+    Prefect reads its settings once at import, so a local run enters this context (the
+    flows' ``__main__`` does) instead of exporting environment variables. A deployment run by
+    a worker takes Prefect's settings from the worker's own environment.
+    """
+    import prefect.settings
+    from prefect.settings import temporary_settings
+
+    settings = settings or load_settings()
+    settings.resolved_prefect_home.mkdir(parents=True, exist_ok=True)
+    updates = {
+        getattr(prefect.settings, name): value
+        for name, value in settings.prefect_overrides().items()
+    }
+    with temporary_settings(updates=updates):
+        if not settings.lake_is_s3:
+            yield settings
+            return
+        block_slug = save_result_storage_block(settings)
+        with temporary_settings(
+            updates={prefect.settings.PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: block_slug}
+        ):
+            yield settings
+
+
+def save_result_storage_block(settings: Settings) -> str:
+    """Save the prefect-aws ``S3Bucket`` block that holds Prefect's results next to the lake.
+
+    Workers that share the lake then share task caches. Credentials come from the named
+    AwsCredentials block, or from the settings (kept as secret fields by Prefect), or, when
+    neither is given, from boto3's own chain (environment, instance profile).
+    """
+    from prefect_aws import AwsCredentials, S3Bucket
+    from prefect_aws.credentials import AwsClientParameters
+
+    parsed = urlparse(settings.resolved_lake_url)
+    if settings.aws_credentials_block:
+        credentials = cast(AwsCredentials, AwsCredentials.load(settings.aws_credentials_block))
+    else:
+        credentials = AwsCredentials(
+            aws_access_key_id=_secret(settings.aws_access_key_id),
+            aws_secret_access_key=settings.aws_secret_access_key,
+            region_name=settings.aws_region,
+            aws_client_parameters=AwsClientParameters(endpoint_url=settings.s3_endpoint_url),
+        )
+    folder = "/".join(part for part in (parsed.path.strip("/"), "prefect-results") if part)
+    block = S3Bucket(bucket_name=parsed.netloc, bucket_folder=folder, credentials=credentials)
+    block.save(RESULT_STORAGE_BLOCK, overwrite=True)
+    return f"s3-bucket/{RESULT_STORAGE_BLOCK}"
+
+
+def sweep_task_runner(settings: Settings) -> Any:
+    """The sweep's task runner: Prefect's thread pool, or Dask (a cluster address or local)."""
+    if settings.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if settings.dask_address:
+            return DaskTaskRunner(address=settings.dask_address)
+        return DaskTaskRunner(
+            cluster_kwargs={"n_workers": settings.sweep_workers, "threads_per_worker": 1,
+                            "processes": False, "dashboard_address": None}
+        )  # fmt: skip
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=settings.sweep_workers)
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None

@@ -1,0 +1,79 @@
+"""Reaching the warehouse: the configured PostgreSQL, or an embedded one under the project home."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+
+if TYPE_CHECKING:
+    from tasks.config import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class WarehouseError(RuntimeError):
+    pass
+
+
+# --- connecting -------------------------------------------------------------------------------
+def database_url(settings: Settings) -> str:
+    """The configured server, or an embedded PostgreSQL kept under the project home."""
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    return str(embedded_server(settings.home / "postgres").get_uri())
+
+
+# The embedded server serves this project alone and streams WAL to no replica, so it keeps the
+# least WAL: a load's COPY into the partition it created in the same transaction then writes
+# none (PostgreSQL syncs the new files at commit), a fifth of a 10M-rating load. Crash safety
+# is unchanged; only archiving and replication need more.
+EMBEDDED_SETTINGS = {"wal_level": "minimal", "max_wal_senders": "0"}
+
+
+def embedded_server(folder: Path, cleanup_mode: str | None = "stop") -> Any:
+    """pgserver's bundled PostgreSQL in ``folder`` (created on first use) with
+    ``EMBEDDED_SETTINGS``. A server that lacks them gets them, and is restarted when this process
+    is its only user; otherwise they take effect when it next starts."""
+    import pgserver  # the embedded default only: a bundled PostgreSQL, started on demand
+
+    server = pgserver.get_server(folder, cleanup_mode=cleanup_mode)
+    with server._lock:  # pgserver's inter-process lock: one process at a time sets and restarts
+        with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+            stale = {
+                name: value
+                for name, value in EMBEDDED_SETTINGS.items()
+                if conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()
+                != (value,)
+            }
+            for name, value in stale.items():
+                conn.execute(
+                    sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                        sql.Identifier(name), sql.Literal(value)
+                    )
+                )
+        if not stale:
+            return server
+        if server.global_process_id_list.get() != [os.getpid()]:
+            logger.info("the embedded PostgreSQL gets %s when it next starts", stale)
+            return server
+        logger.info("restarting the embedded PostgreSQL in %s to apply %s", folder, stale)
+        pgserver.pg_ctl(  # type: ignore[attr-defined]  # made by a factory
+            ["-w", "-m", "fast", "-l", str(server.log), "restart"],
+            pgdata=server.pgdata,
+            user=server.system_user,
+        )
+        server.ensure_postgres_running()  # its handle now follows the restarted postmaster
+    return server
+
+
+@contextmanager
+def connect(url: str, autocommit: bool = False) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(url, autocommit=autocommit) as conn:
+        yield conn
