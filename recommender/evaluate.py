@@ -15,7 +15,7 @@ from recommender.base import RecommenderModel
 from recommender.config import ModelConfig, Param
 from recommender.data import Fold, Ratings
 from recommender.metrics import coverage, mae, ranking_scores, rmse
-from recommender.registry import make_config
+from recommender.registry import build_model, make_config
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def fit_timed(
 ) -> tuple[RecommenderModel[Any], float]:  # fmt: skip
     """A model built from ``config`` and fitted on ``fold.train``, with the seconds it took;
     a model that learns per-count blend weights learns them for ``neighbor_counts`` too."""
-    model = config.build()
+    model = build_model(config)
     if neighbor_counts and hasattr(model, "blend_counts"):
         model.blend_counts = tuple(sorted({*model.blend_counts, *neighbor_counts}))
     started = time.perf_counter()
