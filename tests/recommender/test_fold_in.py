@@ -151,7 +151,9 @@ def test_ratings_point_to_the_cluster_that_rated_those_items() -> None:
     items = np.concatenate([np.tile([1, 2, 3], 6), np.tile([4, 5, 6], 6)])
     ratings = np.resize([5.0, 4.0, 2.0], len(users))
     train = Ratings.from_arrays(users, items, ratings)
-    model = KMeansKNN(n_factors=0, fold_in_clusters=2, cluster_components=0).fit(train)
+    model = KMeansKNN(
+        n_factors=0, fold_in_clusters=2, cluster_components=0, fold_in_temperature=1.0
+    ).fit(train)
 
     weights = model.fold_in({1: 5.0}).cluster_weights
     recommended = model.recommend_for({1: 5.0}, n=2)
