@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import numpy as np
@@ -12,6 +12,15 @@ from sklearn.exceptions import NotFittedError
 from recommender.bias import Biases, fit_biases
 from recommender.config import ModelConfig, Param
 from recommender.data import Ratings
+from recommender.foldin import (
+    COLD_START_POPULAR,
+    FOLD_IN,
+    FoldedUser,
+    Strategy,
+    folded_user_bias,
+    known_ratings,
+    top_unseen,
+)
 
 MIN_RATING = 1.0
 MAX_RATING = 5.0
@@ -281,6 +290,73 @@ class RecommenderModel(ABC, Generic[ConfigT]):
                 self.ratings_.item_ids[top[0][keep]], top_scores[0][keep], strict=True
             )
         ]
+
+    # -- fold-in of users not in the training data ----------------------------------------
+
+    def fold_in(
+        self, ratings: Mapping[int, float], *, demographics: Mapping[str, Any] | None = None
+    ) -> FoldedUser:
+        """Read one new user's ``{item_id: rating}`` (possibly empty) against the fitted model,
+        without a refit. Item ids the model never saw are ignored (``n_ignored`` counts them);
+        a non-finite rating raises ValueError. ``demographics`` (``{"age": 25, "gender": "M",
+        "occupation": "student"}``, any subset) is used by models fit with ``users=``."""
+        self._check_fitted()
+        items, values, n_ignored = known_ratings(ratings, self.ratings_)
+        bias = folded_user_bias(self.baseline_, items, values, self._damping()[0])
+        return self._fold_in(items, values, n_ignored, bias, demographics)
+
+    def _fold_in(
+        self, items: np.ndarray, values: np.ndarray, n_ignored: int, user_bias: float,
+        demographics: Mapping[str, Any] | None,
+    ) -> FoldedUser:  # fmt: skip
+        """The folded user; models with cold-start clusters override it."""
+        strategy = FOLD_IN if len(items) else COLD_START_POPULAR
+        return FoldedUser(items, values, n_ignored, user_bias, strategy)
+
+    def fold_in_strategy(
+        self, ratings: Mapping[int, float], *, demographics: Mapping[str, Any] | None = None
+    ) -> Strategy:
+        """Which strategy answers this user: ``cold_start_popular``, ``cold_start_cluster`` or
+        ``fold_in`` (see :mod:`recommender.foldin`)."""
+        return self.fold_in(ratings, demographics=demographics).strategy
+
+    def predict_for(
+        self, ratings: Mapping[int, float], item_ids: Any, *,
+        demographics: Mapping[str, Any] | None = None,
+    ) -> np.ndarray:  # fmt: skip
+        """Predicted ratings of ``item_ids`` for a user not in the training data, from their
+        ``{item_id: rating}`` (possibly empty); clipped to the rating scale, never NaN
+        (unknown items get the baseline with the user's folded bias)."""
+        user = self.fold_in(ratings, demographics=demographics)
+        items = self.ratings_.item_positions(np.atleast_1d(np.asarray(item_ids)))
+        fallback = (
+            self.baseline_.mean
+            + user.user_bias
+            + np.where(items >= 0, self.baseline_.item_bias[np.maximum(items, 0)], 0.0)
+        )
+        predictions = fallback.copy()
+        known = items >= 0
+        if known.any():
+            predictions[known] = self._predict_folded(user, items[known])
+        return self._finish(predictions, fallback)
+
+    def recommend_for(
+        self, ratings: Mapping[int, float], n: int = 10, *,
+        demographics: Mapping[str, Any] | None = None,
+    ) -> list[tuple[int, float]]:  # fmt: skip
+        """The ``n`` best items for a user not in the training data, as ``(item_id, score)``
+        best first, the rated items excluded; ``ratings`` may be empty."""
+        user = self.fold_in(ratings, demographics=demographics)
+        return top_unseen(self._score_folded(user), user.items, n, self.ratings_.item_ids)
+
+    def _predict_folded(self, user: FoldedUser, items: np.ndarray) -> np.ndarray:
+        """Predictions of known item positions for a folded user (NaN allowed); by default
+        the bias baseline with the user's folded bias."""
+        return self.baseline_.mean + user.user_bias + self.baseline_.item_bias[items]
+
+    def _score_folded(self, user: FoldedUser) -> np.ndarray:
+        """Ranking scores of every item for a folded user; by default its predictions."""
+        return self._predict_folded(user, np.arange(self.ratings_.n_items))
 
 
 __all__ = ["Biases", "ModelNotFittedError", "RecommenderModel", "as_ratings"]

@@ -11,6 +11,7 @@ from recommender.base import RecommenderModel
 from recommender.bias import Biases, fit_biases
 from recommender.config import ModelConfig
 from recommender.data import Ratings
+from recommender.foldin import FoldedUser
 
 
 class GlobalMeanConfig(ModelConfig):
@@ -43,6 +44,12 @@ class GlobalMean(RecommenderModel[GlobalMeanConfig]):
     def _score_users(self, users: np.ndarray, n_neighbors: int | None = None) -> np.ndarray:
         # Every item has the same prediction; break the tie by item bias, not by id.
         return np.broadcast_to(self.baseline_.item_bias, (len(users), self.ratings_.n_items))
+
+    def _predict_folded(self, user: FoldedUser, items: np.ndarray) -> np.ndarray:
+        return np.full(len(items), self.mean_)
+
+    def _score_folded(self, user: FoldedUser) -> np.ndarray:
+        return self.baseline_.item_bias
 
 
 class BiasBaseline(RecommenderModel[BiasConfig]):

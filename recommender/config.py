@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-
-if TYPE_CHECKING:
-    from recommender.base import RecommenderModel
 
 Param = str | int | float | bool
 
@@ -17,6 +14,8 @@ class ModelConfig(BaseModel):
     """Hyper-parameters of one model kind; frozen, unknown fields rejected.
 
     ``kind`` names the model; :meth:`as_params` flattens nested configs as ``"ranking.x"``.
+    The model a config describes is built by :func:`recommender.registry.build_model`
+    (the registry knows the model classes; a config knows none, so no import circle).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -26,12 +25,6 @@ class ModelConfig(BaseModel):
     def as_params(self) -> dict[str, Param]:
         """Flat ``{name: scalar}`` dict (MLflow params, sweep-grid rows)."""
         return _flatten(self.model_dump())
-
-    def build(self) -> RecommenderModel[Any]:
-        """The unfitted model this config describes."""
-        from recommender.registry import build_model
-
-        return build_model(self)
 
 
 def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Param]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -13,9 +13,9 @@ import numpy as np
 
 from recommender.base import RecommenderModel
 from recommender.config import ModelConfig, Param
-from recommender.data import Fold, Ratings
+from recommender.data import Fold, ItemGenres, Ratings, column, column_names
 from recommender.metrics import coverage, mae, ranking_scores, rmse
-from recommender.registry import make_config
+from recommender.registry import build_model, make_config
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def fit_timed(
 ) -> tuple[RecommenderModel[Any], float]:  # fmt: skip
     """A model built from ``config`` and fitted on ``fold.train``, with the seconds it took;
     a model that learns per-count blend weights learns them for ``neighbor_counts`` too."""
-    model = config.build()
+    model = build_model(config)
     if neighbor_counts and hasattr(model, "blend_counts"):
         model.blend_counts = tuple(sorted({*model.blend_counts, *neighbor_counts}))
     started = time.perf_counter()
@@ -258,3 +258,154 @@ def sweep_grid(
         make_config(kind, n_clusters=clusters, n_neighbors=count, **fixed)
         for kind, clusters, count in itertools.product(kinds, n_clusters, n_neighbors)
     ]
+
+
+# -- the cold-start protocol ---------------------------------------------------------------
+
+COLD_START_COUNTS: tuple[int, ...] = (0, 1, 3, 5, 10)
+HELD_OUT_SHARE = 0.2
+"""Share of each fold's test users held out as new users. On ml-100k's u1..u5 every user is
+in both the base and the test file, so a fold has no new users of its own: a seeded fifth of
+its test users (about 90 with relevant test items) lose all their training ratings."""
+
+
+@dataclass(frozen=True)
+class ColdStartSplit:
+    """One fold made into a cold start: ``train`` is the fold's training ratings without any
+    rating of the ``held_out`` users (raw ids); ``given`` holds those users' training ratings
+    (what they could tell the model, first ``k`` by time); ``test`` their test ratings."""
+
+    fold: str
+    train: Ratings
+    held_out: np.ndarray
+    given: Ratings
+    test: Ratings
+
+    def first_ratings(self, k: int) -> dict[int, dict[int, float]]:
+        """``{user_id: {item_id: rating}}``: each held-out user's first ``k`` given ratings by
+        timestamp (ties by item id); every held-out user has an entry, possibly empty."""
+        users, items, values = self.given.raw_users(), self.given.raw_items(), self.given.values
+        stamps = self.given.timestamps
+        if stamps is None:
+            raise ValueError(f"fold {self.fold}: the cold-start protocol needs timestamps")
+        order = np.lexsort((items, stamps, users))
+        users, items, values = users[order], items[order], values[order]
+        starts = np.searchsorted(users, users, side="left")
+        keep = np.arange(len(users)) - starts < k
+        first: dict[int, dict[int, float]] = {int(user): {} for user in self.held_out}
+        for user, item, value in zip(users[keep], items[keep], values[keep], strict=True):
+            first[int(user)][int(item)] = float(value)
+        return first
+
+
+def cold_start_split(fold: Fold, share: float = HELD_OUT_SHARE, seed: int = 0) -> ColdStartSplit:
+    """Hold out a seeded ``share`` of the fold's test users (those with training ratings) and
+    remove every one of their ratings from the training data."""
+    train, test = fold.train, fold.test
+    candidates = np.intersect1d(np.unique(test.raw_users()), train.user_ids)
+    rng = np.random.default_rng(seed)
+    held_out = np.sort(rng.choice(candidates, int(round(share * len(candidates))), replace=False))
+    in_train = np.isin(train.raw_users(), held_out)
+    in_test = np.isin(test.raw_users(), held_out)
+    kept = train.subset(~in_train)
+    # Rebuilt, not a subset: the held-out users must not stay behind as empty rows.
+    remaining = Ratings.from_arrays(
+        kept.raw_users(), kept.raw_items(), kept.values, kept.timestamps
+    )
+    if train.genres is not None:
+        remaining = remaining.with_items(
+            ItemGenres(train.item_ids, train.genres, train.genre_names)
+        )
+    return ColdStartSplit(
+        fold=fold.name,
+        train=remaining,
+        held_out=held_out,
+        given=train.subset(in_train),
+        test=test.subset(in_test),
+    )
+
+
+@dataclass(frozen=True)
+class ColdStartResult:
+    """Metrics of one method on one fold's held-out users given ``k`` ratings each. NDCG@10
+    and P@10 average over the users with a relevant (>= 4) test rating; RMSE over every test
+    rating of the held-out users. ``strategies`` counts the fold-in strategies that answered."""
+
+    fold: str
+    method: str
+    k: int
+    rmse: float
+    ndcg_at_10: float
+    precision_at_10: float
+    n_users: int
+    strategies: dict[str, int] = field(default_factory=dict)
+
+
+def cold_start_protocol(
+    folds: Iterable[Fold],
+    methods: Mapping[str, ModelConfig],
+    ks: Sequence[int] = COLD_START_COUNTS,
+    *,
+    share: float = HELD_OUT_SHARE,
+    seed: int = 0,
+    users: Any | None = None,
+) -> list[ColdStartResult]:
+    """For every fold, method and ``k``: fit the method on the fold's training data without
+    the held-out users (:func:`cold_start_split`), fold each held-out user in from their first
+    ``k`` training ratings by time (and their demographics, when ``users`` is given: the
+    models see the training users' rows at fit, the held-out users' only as fold-in input),
+    and score the top-10 and the predicted ratings on their test ratings. No held-out user's
+    rating, training or test, ever enters a fit."""
+    demographics = _demographics_by_user(users)
+    results = []
+    for fold in folds:
+        split = cold_start_split(fold, share, seed)
+        for name, config in methods.items():
+            model = build_model(config).fit(split.train, users=users)
+            for k in ks:
+                results.append(_cold_start_scores(model, split, name, k, demographics))
+                logger.info("cold start %s %s k=%d: ndcg@10 %.4f rmse %.4f", fold.name, name,
+                            k, results[-1].ndcg_at_10, results[-1].rmse)  # fmt: skip
+    return results
+
+
+def _demographics_by_user(users: Any | None) -> dict[int, dict[str, Any]]:
+    if users is None:
+        return {}
+    fields = [name for name in ("age", "gender", "occupation") if name in column_names(users)]
+    ids = column(users, "user_id")
+    values = {name: column(users, name) for name in fields}
+    return {int(user): {name: values[name][row] for name in fields} for row, user in enumerate(ids)}
+
+
+def _cold_start_scores(
+    model: RecommenderModel[Any], split: ColdStartSplit, method: str, k: int,
+    demographics: Mapping[int, Mapping[str, Any]],
+) -> ColdStartResult:  # fmt: skip
+    """One method at one ``k``: a fold-in per held-out user (a loop over users, not ratings)."""
+    test_users, test_items = split.test.raw_users(), split.test.raw_items()
+    test_values = split.test.values
+    order = np.argsort(test_users, kind="stable")
+    bounds = np.searchsorted(test_users[order], split.held_out, side="left")
+    ends = np.searchsorted(test_users[order], split.held_out, side="right")
+    predicted = np.zeros(len(test_values))
+    hits = np.zeros((len(split.held_out), TOP_K), dtype=bool)
+    n_relevant = np.zeros(len(split.held_out), dtype=np.int64)
+    strategies: dict[str, int] = {}
+    for row, (user, given) in enumerate(split.first_ratings(k).items()):
+        rows = order[bounds[row] : ends[row]]
+        about = demographics.get(user)
+        strategy = model.fold_in_strategy(given, demographics=about)
+        strategies[strategy] = strategies.get(strategy, 0) + 1
+        predicted[rows] = model.predict_for(given, test_items[rows], demographics=about)
+        relevant = test_items[rows][test_values[rows] >= RELEVANT_RATING]
+        top = [item for item, _ in model.recommend_for(given, TOP_K, demographics=about)]
+        hits[row, : len(top)] = np.isin(top, relevant)
+        n_relevant[row] = len(relevant)
+    scores = ranking_scores(hits, n_relevant, TOP_K).means()
+    return ColdStartResult(
+        fold=split.fold, method=method, k=k,
+        rmse=rmse(predicted, test_values),
+        ndcg_at_10=scores["ndcg"], precision_at_10=scores["precision"],
+        n_users=int((n_relevant > 0).sum()), strategies=strategies,
+    )  # fmt: skip

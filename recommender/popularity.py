@@ -9,6 +9,7 @@ import numpy as np
 from recommender.base import RecommenderModel
 from recommender.config import ModelConfig
 from recommender.data import Ratings
+from recommender.foldin import FoldedUser
 
 
 class PopularityConfig(ModelConfig):
@@ -33,3 +34,6 @@ class Popularity(RecommenderModel[PopularityConfig]):
 
     def _score_users(self, users: np.ndarray, n_neighbors: int | None = None) -> np.ndarray:
         return np.broadcast_to(self.counts_, (len(users), len(self.counts_)))
+
+    def _score_folded(self, user: FoldedUser) -> np.ndarray:
+        return self.counts_

@@ -15,6 +15,7 @@ from recommender.cache import config_key, shared_component
 from recommender.clustering import cluster_labels
 from recommender.config import ModelConfig
 from recommender.data import Ratings
+from recommender.foldin import FoldedUser
 from recommender.neighbors import top_k_rows
 from recommender.topk import sparse_rows, top_neighbors
 
@@ -119,6 +120,41 @@ class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
         share = self.config.item_weight
         return (1.0 - share) * user_scores + share * item_scores
 
+    def score_new_user(self, items: np.ndarray) -> np.ndarray:
+        """:meth:`_score_users` for a user not in the training data who rated ``items``
+        (positions), without a refit. Training users who rated exactly those items are left
+        out of the neighbours: they have nothing unrated to add (and a known user folded in
+        again would otherwise find themself). With user clusters, the new user's neighbours
+        are not restricted to a cluster (they have none)."""
+        self._check_fitted()
+        n_items = self.ratings_.n_items
+        rated = np.zeros(n_items, dtype=np.float32)
+        rated[items] = 1.0
+        if len(items) == 0:
+            return np.zeros(n_items, dtype=np.float32)
+        overlap = self.rated_ @ rated
+        lengths = self.rated_.sum(axis=1)
+        norms = np.maximum(np.sqrt(lengths) * np.sqrt(np.float32(len(items))), 1e-9)
+        similarity = ((overlap / norms) ** self.config.sharpen).astype(np.float32)
+        similarity[(overlap == len(items)) & (lengths == len(items))] = 0.0
+        k = self.config.n_neighbors
+        if k < len(similarity):
+            kept = np.zeros_like(similarity)
+            best = np.argpartition(-similarity, k - 1)[:k]
+            kept[best] = similarity[best]
+            similarity = kept
+        user_scores = _scaled(similarity[None, :] @ self.rated_)[0]
+        if self.item_weights_ is None:
+            return user_scores
+        item_scores = _scaled(rated[None, :] @ self.item_weights_)[0]
+        share = self.config.item_weight
+        return (1.0 - share) * user_scores + share * item_scores
+
+    def _score_folded(self, user: FoldedUser) -> np.ndarray:
+        if user.n_ratings == 0:
+            return self.baseline_.item_bias
+        return self.score_new_user(user.items)
+
 
 def _scaled(scores: np.ndarray) -> np.ndarray:
     """Each row divided by its largest magnitude, so the two scorers blend on one scale."""
@@ -151,3 +187,9 @@ class ItemKNNScorer:
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         return np.asarray((self.rated[users] @ self.neighbors).toarray(), dtype=np.float32)
+
+    def score_new_user(self, items: np.ndarray) -> np.ndarray:
+        """:meth:`_score_users` for a user not in the training data who rated ``items``."""
+        rated = np.zeros(self.neighbors.shape[0], dtype=np.float32)
+        rated[items] = 1.0
+        return np.asarray(self.neighbors.T @ rated, dtype=np.float32)

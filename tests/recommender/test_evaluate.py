@@ -15,6 +15,7 @@ from recommender import (
     PaperConfig,
     PopularityConfig,
     Ratings,
+    build_model,
     cross_validate,
     evaluate_fitted,
     evaluate_neighbor_sweep,
@@ -44,7 +45,7 @@ def test_ranking_metrics_by_hand() -> None:
     # User 2 likes 20 (relevant), dislikes 30; user 4 likes 10; user 1 has no test items.
     test = Ratings.from_arrays([2, 2, 4], [20, 30, 10], [4, 2, 5])
     fold = Fold("hand", train, test)
-    model = PopularityConfig().build().fit(train)
+    model = build_model(PopularityConfig()).fit(train)
     result = evaluate_fitted(model, fold)
     # User 2 (rated 10): [40, 20, 30], the hit at rank 2. User 4 (rated 40): [10, 20, 30],
     # the hit at rank 1. Each has one relevant item.

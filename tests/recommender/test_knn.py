@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from recommender import KMeansKNN, KMeansKNNConfig, Ratings, config_from_params, fit_biases
+from recommender import (
+    KMeansKNN,
+    KMeansKNNConfig,
+    Ratings,
+    build_model,
+    config_from_params,
+    fit_biases,
+)
 from recommender.evaluate import evaluate_fold, evaluate_neighbor_sweep
 from recommender.neighbors import neighborhood_average, rated_lists, shrunk_similarity
 
@@ -147,7 +154,7 @@ def test_config_validates_and_round_trips() -> None:
     as_strings = {name: str(value) for name, value in params.items()}
     assert config_from_params(as_strings) == config
     assert KMeansKNN(config).config is config
-    assert isinstance(config.build(), KMeansKNN)
+    assert isinstance(build_model(config), KMeansKNN)
 
 
 def test_zero_damping_leaves_users_and_items_without_ratings_at_the_prior(
