@@ -22,7 +22,10 @@ COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 PREFECT_YAML: dict[str, Any] = yaml.safe_load((REPO / "prefect.yaml").read_text())
 WORKER = "prefect-worker"
-UI_PORTS = {"prefect-server": 4200, "mlflow": 5000, "minio": 9001, "thingsboard": 8080}
+UI_PORTS = {
+    "prefect-server": 4200, "mlflow": 5000, "minio": 9001, "thingsboard": 8080, "api": 8000,
+}  # fmt: skip
+API = "api"
 INTERPOLATION = re.compile(r"(?<!\$)\$\{(\w+)(?::?-([^}]*))?\}")  # ${VAR:-default}, not $${VAR}
 
 
@@ -77,6 +80,7 @@ def deploy_section() -> str:
 def test_compose_has_the_whole_stack() -> None:
     assert set(SERVICES) == {
         "postgres", "minio", "minio-buckets", "mlflow", "prefect-server", WORKER, "thingsboard",
+        API,
     }  # fmt: skip
     assert one_shot_services() == {"minio-buckets"}
 
@@ -105,7 +109,14 @@ def test_dependencies_wait_until_healthy_or_done(service: str) -> None:
 
 
 def test_worker_waits_for_every_service_it_uses() -> None:
-    assert set(SERVICES[WORKER]["depends_on"]) == set(SERVICES) - {WORKER}
+    assert set(SERVICES[WORKER]["depends_on"]) == set(SERVICES) - {WORKER, API}
+
+
+def test_api_waits_for_every_service_it_uses_and_checks_its_health() -> None:
+    assert set(SERVICES[API]["depends_on"]) == set(SERVICES) - {WORKER, API}
+    assert "/health" in " ".join(SERVICES[API]["healthcheck"]["test"])
+    assert SERVICES[API]["command"] == ["python", "-m", "api"]
+    assert environment(API)["RECSYS_API_HOST"] == "0.0.0.0"
 
 
 def test_volumes_are_named_and_declared() -> None:

@@ -1,0 +1,106 @@
+"""The FastAPI application: routers, error handlers, the body-size limit, and the service's
+lifespan (model loaded, recorder and telemetry started; on shutdown everything flushed)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import error_body, install_error_handlers
+from api.routes import files, health, model, pipeline, recommendations
+from api.service import Service
+from tasks.config import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """
+The MovieLens recommender as a service: the MLflow registry's champion answers top-N and
+rating requests; every answer is a row of `serving.predictions` and, aggregated, ThingsBoard
+telemetry. Endpoints that change something need `Authorization: Bearer <RECSYS_API_TOKEN>`.
+"""
+UPLOADS = ("/files/", "/model/upload")  # bounded by RECSYS_API_MAX_UPLOAD_BYTES instead
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The application on ``settings`` (default: read from the environment)."""
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = Service.from_settings(settings)
+        app.state.service = service
+        service.start()
+        try:
+            yield
+        finally:
+            service.stop()
+
+    app = FastAPI(
+        title="movielens-recommender",
+        description=DESCRIPTION,
+        version="1",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    install_error_handlers(app)
+    app.add_middleware(
+        BodyLimit, limit=settings.api_max_body_bytes, upload_limit=settings.api_max_upload_bytes
+    )
+    for module in (recommendations, model, health, files, pipeline):
+        app.include_router(module.router)
+    return app
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over the limit (by Content-Length, or counted as it
+    arrives when chunked) is answered 413 before a route reads it. Uploads have their own,
+    larger limit."""
+
+    def __init__(self, app: ASGIApp, limit: int, upload_limit: int) -> None:
+        self.app, self.limit, self.upload_limit = app, limit, upload_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        upload = scope["path"].startswith(UPLOADS)
+        limit = self.upload_limit if upload else self.limit
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await _too_large(limit, upload)(scope, receive, send)
+            return
+        received = 0
+
+        async def bounded() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, bounded, send)
+        except BodyTooLarge:
+            await _too_large(limit, upload)(scope, receive, send)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def _too_large(limit: int, upload: bool) -> ORJSONResponse:
+    setting = "RECSYS_API_MAX_UPLOAD_BYTES" if upload else "RECSYS_API_MAX_BODY_BYTES"
+    return ORJSONResponse(
+        error_body(
+            f"request body larger than {limit} bytes ({setting})",
+            [{"field": "body", "problem": "too large"}],
+        ),
+        status_code=413,
+    )

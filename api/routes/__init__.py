@@ -1,0 +1,1 @@
+"""The API's routers, one module per resource; each route is thin (the work is in tasks/)."""
