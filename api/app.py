@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import ORJSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_body, install_error_handlers
+from api.responses import JSONAnswer
 from api.routes import files, health, model, pipeline, recommendations
 from api.service import Service
 from tasks.config import Settings, load_settings
@@ -29,6 +29,10 @@ UPLOADS = ("/files/", "/model/upload")  # bounded by RECSYS_API_MAX_UPLOAD_BYTES
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The application on ``settings`` (default: read from the environment)."""
     settings = settings or load_settings()
+    # Prefect's logging setup (at its import) quiets uvicorn below WARNING: the service's
+    # start, model loads and shutdown are worth a line each
+    for name in ("uvicorn", "uvicorn.error", "api", "tasks"):
+        logging.getLogger(name).setLevel(logging.INFO)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         version="1",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
+        default_response_class=JSONAnswer,
     )
     install_error_handlers(app)
     app.add_middleware(
@@ -95,9 +99,9 @@ class BodyTooLarge(Exception):
     pass
 
 
-def _too_large(limit: int, upload: bool) -> ORJSONResponse:
+def _too_large(limit: int, upload: bool) -> JSONAnswer:
     setting = "RECSYS_API_MAX_UPLOAD_BYTES" if upload else "RECSYS_API_MAX_BODY_BYTES"
-    return ORJSONResponse(
+    return JSONAnswer(
         error_body(
             f"request body larger than {limit} bytes ({setting})",
             [{"field": "body", "problem": "too large"}],

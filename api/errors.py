@@ -8,9 +8,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.responses import JSONAnswer
 from api.service import ModelUnavailable
 from tasks.serving.user_ratings import RatingsRejected
 
@@ -45,40 +45,38 @@ def _validation_problem(error: dict[str, Any]) -> dict[str, Any]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def api_error(request: Request, error: ApiError) -> ORJSONResponse:
-        return ORJSONResponse(error_body(error.message, error.fields), status_code=error.status)
+    async def api_error(request: Request, error: ApiError) -> JSONAnswer:
+        return JSONAnswer(error_body(error.message, error.fields), status_code=error.status)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, error: RequestValidationError) -> ORJSONResponse:
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONAnswer:
         fields = [_validation_problem(e) for e in error.errors()]
         message = "; ".join(f"{f['field']}: {f['problem']}" for f in fields)
-        return ORJSONResponse(error_body(f"invalid request: {message}", fields), status_code=422)
+        return JSONAnswer(error_body(f"invalid request: {message}", fields), status_code=422)
 
     @app.exception_handler(RatingsRejected)
-    async def rejected_ratings(request: Request, error: RatingsRejected) -> ORJSONResponse:
-        return ORJSONResponse(
+    async def rejected_ratings(request: Request, error: RatingsRejected) -> JSONAnswer:
+        return JSONAnswer(
             error_body("ratings refused: " + str(error), error.problems), status_code=422
         )
 
     @app.exception_handler(ModelUnavailable)
-    async def no_model(request: Request, error: ModelUnavailable) -> ORJSONResponse:
-        return ORJSONResponse(error_body(str(error), [{"field": "model"}]), status_code=503)
+    async def no_model(request: Request, error: ModelUnavailable) -> JSONAnswer:
+        return JSONAnswer(error_body(str(error), [{"field": "model"}]), status_code=503)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException) -> ORJSONResponse:
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONAnswer:
         message = error.detail if isinstance(error.detail, str) else "request refused"
         if error.status_code == 404 and message == "Not Found":
             message = f"no such endpoint: {request.method} {request.url.path}"
         elif error.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
-        return ORJSONResponse(
-            error_body(message), status_code=error.status_code, headers=error.headers
-        )
+        return JSONAnswer(error_body(message), status_code=error.status_code, headers=error.headers)
 
     @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> ORJSONResponse:
+    async def unexpected(request: Request, error: Exception) -> JSONAnswer:
         logger.exception("%s %s failed", request.method, request.url.path)
-        return ORJSONResponse(
+        return JSONAnswer(
             error_body(f"internal error ({type(error).__name__}); the service log has the details"),
             status_code=500,
         )

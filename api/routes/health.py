@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import ORJSONResponse
 
+from api.responses import JSONAnswer
 from api.service import Service, service_of
 from tasks.health import PartHealth, Status, check_service_stack
 
@@ -43,7 +43,7 @@ def recorder_health(service: Service) -> PartHealth:
     summary="Every part, probed now",
     responses={503: {"description": "a configured part is down (the body says which and why)"}},
 )
-async def health(request: Request) -> ORJSONResponse:
+async def health(request: Request) -> JSONAnswer:
     """Status, latency and reason of the lake, PostgreSQL, MLflow tracking and registry,
     Prefect, ThingsBoard, the loaded model and the answer recorder: 200 when every configured
     part is ok, else 503."""
@@ -56,4 +56,4 @@ async def health(request: Request) -> ORJSONResponse:
         "checked_at": datetime.now(UTC).isoformat(),
         "parts": [{**asdict(part), "status": str(part.status)} for part in parts],
     }
-    return ORJSONResponse(body, status_code=503 if failed else 200)
+    return JSONAnswer(body, status_code=503 if failed else 200)

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.errors import ApiError
+from api.responses import JSONAnswer
 from api.schemas import ErrorOut, ModelInfoOut
 from api.security import require_token
 from api.service import service_of
@@ -37,16 +37,16 @@ UPLOAD_CHUNK = 1024 * 1024
 
 
 @router.get("/info", response_model=ModelInfoOut, responses={503: {"model": ErrorOut}})
-def info(request: Request) -> ORJSONResponse:
+def info(request: Request) -> JSONAnswer:
     """The loaded version, its alias, parameters, cross-validated metrics, dataset version,
     when it was trained, and every registered version with its aliases."""
     service = service_of(request)
     served = service.served()
-    return ORJSONResponse(model_info(service.models.client(), served))
+    return JSONAnswer(model_info(service.models.client(), served))
 
 
 @router.post("/reload", dependencies=[Depends(require_token)], responses=PROTECTED)
-def reload(request: Request) -> ORJSONResponse:
+def reload(request: Request) -> JSONAnswer:
     """Load the version the alias points at now (the service also does so by itself every
     RECSYS_MODEL_POLL_SECONDS). The swap is atomic: requests in flight finish on the old model."""
     service = service_of(request)
@@ -55,9 +55,7 @@ def reload(request: Request) -> ORJSONResponse:
     except NoChampionError as error:
         raise ApiError(503, str(error), [{"field": "model"}]) from None
     served = service.served()
-    return ORJSONResponse(
-        {"loaded_version": served.version, "alias": served.alias, "swapped": swapped}
-    )
+    return JSONAnswer({"loaded_version": served.version, "alias": served.alias, "swapped": swapped})
 
 
 class ExportIn(BaseModel):
@@ -74,7 +72,7 @@ class ExportIn(BaseModel):
 
 
 @router.post("/export", dependencies=[Depends(require_token)], responses=PROTECTED)
-def export(request: Request, body: ExportIn) -> ORJSONResponse:
+def export(request: Request, body: ExportIn) -> JSONAnswer:
     """Copy a version (or the version an alias points at) to the lake (S3/MinIO or the local
     lake) as the train flow exports its champion: ``models/<name>/v<version>/`` + model.json."""
     service = service_of(request)
@@ -85,7 +83,7 @@ def export(request: Request, body: ExportIn) -> ORJSONResponse:
         field = "alias" if body.alias else "version"
         raise ApiError(404, str(error), [{"field": field, "problem": "not registered"}]) from None
     uri = export_version(client, service.settings, version, body.alias or "")
-    return ORJSONResponse({"version": str(version.version), "lake_uri": uri})
+    return JSONAnswer({"version": str(version.version), "lake_uri": uri})
 
 
 @router.post("/upload", dependencies=[Depends(require_token)], status_code=201, responses=PROTECTED)
@@ -96,7 +94,7 @@ async def upload(
     tags: Annotated[
         str, Form(description='JSON object of tags, e.g. {"dataset": "ml-100k"}')
     ] = "{}",
-) -> ORJSONResponse:
+) -> JSONAnswer:
     """Register a model file as a new version with the ``challenger`` alias (never champion),
     with a description and tags; a file that does not load, or whose model cannot answer a
     prediction, is refused."""
@@ -128,7 +126,7 @@ async def upload(
         description,
         parsed,
     )
-    return ORJSONResponse(
+    return JSONAnswer(
         {"version": result.version, "alias": result.alias, "run_id": result.run_id}, status_code=201
     )
 

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import ORJSONResponse
 
 from api.errors import ApiError
+from api.responses import JSONAnswer
 from api.schemas import (
     BatchRecommendationsIn,
     BatchRecommendationsOut,
@@ -67,7 +67,7 @@ def recommendations(
     request: Request,
     user_id: UserId,
     n: Annotated[int, Query(ge=1, description="how many (at most RECSYS_API_MAX_N)")] = 10,
-) -> ORJSONResponse:
+) -> JSONAnswer:
     """The user's best ``n`` movies they have not rated, best first, with the strategy that
     made them (a user the model does not know is answered by a cold-start strategy, and says
     so)."""
@@ -77,7 +77,7 @@ def recommendations(
     served = service.served()
     answer = recommend(served, user_id, n, service.ratings.given(user_id))
     request_id = service.record("recommendations", answer, started, served.dataset)
-    return ORJSONResponse(answer_body(served, answer, request_id))
+    return JSONAnswer(answer_body(served, answer, request_id))
 
 
 @router.post(
@@ -86,7 +86,7 @@ def recommendations(
     responses=ERRORS,
     summary="Top-N of a batch of users",
 )
-def batch_recommendations(request: Request, body: BatchRecommendationsIn) -> ORJSONResponse:
+def batch_recommendations(request: Request, body: BatchRecommendationsIn) -> JSONAnswer:
     """One answer per user, in the order asked (each recorded as its own row)."""
     started = time.perf_counter()
     service = service_of(request)
@@ -105,13 +105,13 @@ def batch_recommendations(request: Request, body: BatchRecommendationsIn) -> ORJ
         answer_body(served, a, service.record("recommendations", a, started, served.dataset))
         for a in answers
     ]
-    return ORJSONResponse({"model_version": served.version, "results": results})
+    return JSONAnswer({"model_version": served.version, "results": results})
 
 
 @router.post(
     "/predict", response_model=PredictOut, responses=ERRORS, summary="Predicted ratings of pairs"
 )
-def predict(request: Request, body: PredictIn) -> ORJSONResponse:
+def predict(request: Request, body: PredictIn) -> JSONAnswer:
     """Each (user, item) pair's predicted rating, clipped to the scale; ``fallback`` marks a
     pair whose user or item the model does not know (the bias baseline answered it)."""
     started = time.perf_counter()
@@ -147,7 +147,7 @@ def predict(request: Request, body: PredictIn) -> ORJSONResponse:
             strict=True,
         )  # fmt: skip
     ]
-    return ORJSONResponse(
+    return JSONAnswer(
         {
             "model_version": result.model_version,
             "request_id": request_id,
@@ -163,7 +163,7 @@ def predict(request: Request, body: PredictIn) -> ORJSONResponse:
     responses=ERRORS,
     summary="Ratings of a new or known user, folded in at once",
 )
-def give_ratings(request: Request, user_id: UserId, body: RatingsIn) -> ORJSONResponse:
+def give_ratings(request: Request, user_id: UserId, body: RatingsIn) -> JSONAnswer:
     """Validate (known items, ratings on the dataset's scale), store in the warehouse
     (``serving.user_ratings``), and fold in: the user's next recommendations use them at once,
     without retraining. Open without a token (see the README): it changes only this user's
@@ -181,7 +181,7 @@ def give_ratings(request: Request, user_id: UserId, body: RatingsIn) -> ORJSONRe
     given = service.ratings.store(user_id, body.ratings)
     ratings = service.ratings.given(user_id) or {}
     strategy = "fold_in" if ratings else "personal"
-    return ORJSONResponse(
+    return JSONAnswer(
         {"user_id": user_id, "stored": len(body.ratings), "given": given, "strategy": strategy},
         status_code=201,
     )

@@ -61,8 +61,10 @@ class Postgres:
     def restart(self) -> None:
         import pgserver
 
+        # as pgserver starts it: no TCP, its socket in the data folder
+        options = ["-o", '-h ""', "-o", f"-k {self.folder}"]
         pgserver.pg_ctl(  # type: ignore[attr-defined]
-            ["-w", "-l", str(self.server.log), "start"],
+            ["-w", *options, "-l", str(self.server.log), "start"],
             pgdata=self.server.pgdata,
             user=self.server.system_user,
         )
@@ -193,10 +195,12 @@ class Api:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
-    def stop(self) -> int:
-        """SIGTERM: uvicorn's graceful shutdown (the service flushes); the exit code."""
+    def stop(self) -> bool:
+        """SIGTERM: uvicorn's graceful shutdown (the service flushes); whether it ended so
+        (uvicorn re-raises the signal once shut down: -15, or 0)."""
         self.process.terminate()
-        return self.process.wait(timeout=60)
+        code = self.process.wait(timeout=60)
+        return code in (0, -15) and "Finished server process" in self.log.read_text()
 
 
 def start_api(project: Project, log: Path, **extra: str) -> Api:
