@@ -108,6 +108,13 @@ class Handler(BaseHTTPRequestHandler):
             self.tenant_post(parts, self.body())
 
     def do_GET(self) -> None:  # noqa: N802
+        parts = urlsplit(self.path).path.strip("/").split("/")
+        if parts[:2] == ["api", "v1"] and parts[3:] == ["attributes"]:  # the device's attributes
+            if self.tb.down:
+                self.close_connection = True
+                return None
+            known = parts[2] in self.tb.tokens
+            return self.reply(200, {}) if known else self.reply(401, {"message": "Invalid token"})
         if self.authorised():
             url = urlsplit(self.path)
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
