@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 
 from api.errors import ApiError
 from api.responses import JSONAnswer
@@ -22,7 +23,13 @@ from api.schemas import (
     RecommendationsOut,
 )
 from api.service import Service, service_of
-from tasks.serving.answers import Answer, predict_pairs, recommend, recommend_many
+from tasks.serving.answers import (
+    Answer,
+    needs_fold_in,
+    predict_pairs,
+    recommend,
+    recommend_many,
+)
 from tasks.serving.champion import ServedModel
 from tasks.serving.user_ratings import check_ratings
 
@@ -63,7 +70,7 @@ def answer_body(served: ServedModel, answer: Answer, request_id: str) -> dict[st
     responses=ERRORS,
     summary="Top-N unseen movies of one user",
 )
-def recommendations(
+async def recommendations(
     request: Request,
     user_id: UserId,
     n: Annotated[int, Query(ge=1, description="how many (at most RECSYS_API_MAX_N)")] = 10,
@@ -75,7 +82,11 @@ def recommendations(
     service = service_of(request)
     _check_n(service, n)
     served = service.served()
-    answer = recommend(served, user_id, n, service.ratings.given(user_id))
+    given = service.ratings.given(user_id)
+    if needs_fold_in(given):  # milliseconds of work: off the event loop
+        answer = await run_in_threadpool(recommend, served, user_id, n, given)
+    else:  # a slice of a precomputed list: cheaper than a thread hop
+        answer = recommend(served, user_id, n, given)
     request_id = service.record("recommendations", answer, started, served.dataset)
     return JSONAnswer(answer_body(served, answer, request_id))
 

@@ -55,6 +55,8 @@ def recommend(
     """Top-``n`` unseen items of one user. ``given``: ratings the user gave the service."""
     if not given and served.knows_user(user_id):
         return personal_answers(served, [user_id], n)[0]
+    if not given:
+        return newcomer_answer(served, user_id, n)
     ratings = {**user_history(served, user_id), **(given or {})}
     folded = served.model.fold_in(ratings)  # type: ignore[attr-defined]
     pairs = served.model.recommend_for(ratings, n)  # type: ignore[attr-defined]
@@ -66,6 +68,23 @@ def recommend(
         strategy=strategy,
         model_version=served.version,
     )
+
+
+def newcomer_answer(served: ServedModel, user_id: int, n: int) -> Answer:
+    """A user neither trained on nor with given ratings: the model's answer to an empty
+    history, computed once per model (the same for every such user)."""
+    return Answer(
+        user_id=user_id,
+        items=served.newcomer_items[:n].tolist(),
+        scores=served.newcomer_scores[:n].tolist(),
+        strategy=served.newcomer_strategy,
+        model_version=served.version,
+    )
+
+
+def needs_fold_in(given: Mapping[int, float] | None) -> bool:
+    """Whether answering a user folds ratings in (milliseconds) rather than reads a list."""
+    return bool(given)
 
 
 def personal_answers(served: ServedModel, user_ids: Sequence[int], n: int) -> list[Answer]:

@@ -47,6 +47,9 @@ class ServedModel:
     user_rows: dict[int, int]  # raw user id -> row of top_items
     item_ids: np.ndarray  # raw ids of the items the model knows, sorted
     rating_scale: tuple[float, float]
+    newcomer_items: np.ndarray  # the answer to a user with no ratings: the same for every one
+    newcomer_scores: np.ndarray
+    newcomer_strategy: str
 
     def knows_user(self, user_id: int) -> bool:
         return user_id in self.user_rows
@@ -88,6 +91,7 @@ def load_version(client: MlflowClient, version: ModelVersion, alias: str) -> Ser
     item_ids = np.asarray(ratings.item_ids)
     top_items = np.where(top >= 0, item_ids[np.clip(top, 0, None)], -1)
     values = np.asarray(ratings.values)
+    newcomer = model.recommend_for({}, TOP_CACHED)  # type: ignore[attr-defined]
     created = datetime.fromtimestamp(version.creation_timestamp / 1000, UTC).isoformat()
     return ServedModel(
         version=str(version.version),
@@ -103,6 +107,9 @@ def load_version(client: MlflowClient, version: ModelVersion, alias: str) -> Ser
         user_rows={int(user): row for row, user in enumerate(users)},
         item_ids=np.sort(item_ids).astype(np.int64),
         rating_scale=(float(values.min()), float(values.max())) if len(values) else (1.0, 5.0),
+        newcomer_items=np.array([item for item, _ in newcomer], dtype=np.int64),
+        newcomer_scores=np.array([score for _, score in newcomer], dtype=np.float64),
+        newcomer_strategy=str(model.fold_in_strategy({})),  # type: ignore[attr-defined]
     )
 
 
