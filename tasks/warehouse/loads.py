@@ -142,8 +142,10 @@ def load_dataset(
             (dataset, version, build or None),
         )
         conn.execute(
-            "INSERT INTO ops.loads (dataset, version, build, started_at, row_counts, seconds)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
+            # finished_at from the clock, not now() (the transaction's start: the column's default)
+            "INSERT INTO ops.loads"
+            " (dataset, version, build, started_at, finished_at, row_counts, seconds)"
+            " VALUES (%s, %s, %s, %s, clock_timestamp(), %s, %s)",
             (
                 dataset,
                 version,

@@ -127,6 +127,19 @@ def test_loaded_values_match_the_frames(
     assert titles.to_list() == small_tables["movielens.items"].sort("item_id")["title"].to_list()
 
 
+def test_a_load_finishes_after_its_recorded_stages(
+    warehouse: str, small_tables: dict[str, pl.DataFrame]
+) -> None:
+    result = load_dataset(warehouse, "ml-100k", "timed", small_tables)
+
+    row = read_table(
+        warehouse,
+        "SELECT extract(epoch FROM finished_at - started_at) AS took FROM ops.loads"
+        " WHERE version = 'timed'",
+    )
+    assert float(row["took"][0]) >= sum(result.seconds.values())
+
+
 def test_same_version_twice_changes_nothing(
     warehouse: str, small_tables: dict[str, pl.DataFrame]
 ) -> None:
