@@ -93,6 +93,8 @@ def register_champion(model: KMeansKNN, titles: pl.DataFrame) -> str:
 def embedded_postgres(home: Path) -> Iterator[str]:
     """The embedded PostgreSQL the service uses under ``home`` (started here first, so this
     process can count rows and stop it); its URL."""
+    import pgserver
+
     from tasks.config import load_settings
     from tasks.warehouse.connection import database_url, embedded_server
 
@@ -101,6 +103,11 @@ def embedded_postgres(home: Path) -> Iterator[str]:
     try:
         yield database_url(settings)
     finally:
+        # stopped here: pgserver stops it with its last handle, but the API (uvicorn re-raises
+        # SIGTERM) exits without releasing its own, so the count never reaches this one alone
+        pgserver.pg_ctl(  # type: ignore[attr-defined]  # made by a factory
+            ["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user
+        )
         server.cleanup()
 
 
@@ -232,13 +239,15 @@ def run_hey(side: str, commands: list[list[str]], out: Path) -> LoadResult:
             processes.append(
                 subprocess.Popen([*command[:-1], "-o", "csv", command[-1]], stdout=handle)
             )
-    for process in processes:
+    for command, process in zip(commands, processes, strict=True):
         if process.wait() != 0:
-            raise RuntimeError(f"hey exited with {process.returncode}: {process.args}")
+            raise RuntimeError(f"hey exited with {process.returncode}: {' '.join(command)}")
     frames = [pl.read_csv(f) for f in files]
     frame = pl.concat([f for f in frames if f.height > 0])
     latency = frame["response-time"].to_numpy() * 1000
-    span = max(float((f["offset"] + f["response-time"]).max()) for f in frames if f.height)
+    span = max(
+        float((f["offset"] + f["response-time"]).to_numpy().max()) for f in frames if f.height
+    )
     status = frame["status-code"]
     return LoadResult(
         side=side,
