@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_body, install_error_handlers
@@ -85,18 +86,19 @@ class BodyLimit:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > limit:
-                raise BodyTooLarge()
+            if received > limit:  # an HTTPException: FastAPI's body reader lets it through
+                raise BodyTooLarge(limit, upload)
             return message
 
-        try:
-            await self.app(scope, bounded, send)
-        except BodyTooLarge:
-            await _too_large(limit, upload)(scope, receive, send)
+        await self.app(scope, bounded, send)
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """A body that outgrew its limit while it arrived (chunked); answered 413 naming ``body``."""
+
+    def __init__(self, limit: int, upload: bool) -> None:
+        setting = "RECSYS_API_MAX_UPLOAD_BYTES" if upload else "RECSYS_API_MAX_BODY_BYTES"
+        super().__init__(413, f"request body larger than {limit} bytes ({setting})")
 
 
 def _too_large(limit: int, upload: bool) -> JSONAnswer:

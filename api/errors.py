@@ -71,7 +71,10 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"no such endpoint: {request.method} {request.url.path}"
         elif error.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
-        return JSONAnswer(error_body(message), status_code=error.status_code, headers=error.headers)
+        fields = [{"field": "body", "problem": "too large"}] if error.status_code == 413 else []
+        return JSONAnswer(
+            error_body(message, fields), status_code=error.status_code, headers=error.headers
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONAnswer:

@@ -205,17 +205,27 @@ def check_stack(settings: Settings) -> list[PartHealth]:
     ]
 
 
-def check_service_stack(settings: Settings) -> list[PartHealth]:
+def check_service_stack(settings: Settings, database: str | None = None) -> list[PartHealth]:
     """The parts the HTTP service uses. Without a Prefect server the service starts no
-    temporary one (its ingest and ETL endpoints need a server): Prefect is not configured."""
+    temporary one (its ingest and ETL endpoints need a server): Prefect is not configured.
+    ``database``: the URL the service already resolved (the embedded server's, say)."""
     prefect = (
         check_prefect(settings)
         if settings.prefect_api_url
         else [not_configured("prefect api", "no Prefect server (PREFECT_API_URL)")]
     )
+    postgres = (
+        probe(
+            "postgresql",
+            "embedded" if settings.database_url is None else _database_endpoint(database),
+            lambda: _server_version(database),
+        )
+        if database is not None
+        else check_postgres(settings)
+    )
     return [
         check_lake(settings),
-        check_postgres(settings),
+        postgres,
         *check_mlflow(settings),
         *prefect,
         check_thingsboard(settings),

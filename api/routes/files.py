@@ -12,10 +12,11 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import ORJSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from api.errors import ApiError
+from api.responses import JSONAnswer
 from api.schemas import ErrorOut
 from api.security import require_token
 from api.service import service_of
@@ -80,12 +81,12 @@ def list_lake(
     prefix: Annotated[
         str, Query(description="a folder of the lake; empty: every file", examples=["raw"])
     ] = "",
-) -> ORJSONResponse:
+) -> JSONAnswer:
     """Every file under a folder of the lake (or the file the prefix names), with its size."""
     lake = _lake(request)
     folder = _checked(partial(lake_prefix, lake), prefix, "prefix")
     files = [{"key": f.key, "size": f.size} for f in list_files(lake, folder)]
-    return ORJSONResponse({"prefix": folder, "files": files})
+    return JSONAnswer({"prefix": folder, "files": files})
 
 
 @router.get(
@@ -130,7 +131,7 @@ async def upload(
     request: Request,
     folder: str,
     file: Annotated[UploadFile, File(description="the file; stored as <folder>/<its name>")],
-) -> ORJSONResponse:
+) -> JSONAnswer:
     """Store the file as ``<folder>/<file name>`` (an existing file of that key is replaced),
     refused past RECSYS_API_MAX_UPLOAD_BYTES; the lake never holds half an upload."""
     lake = _lake(request)
@@ -144,7 +145,7 @@ async def upload(
         raise ApiError(413, str(error), [{"field": "file", "problem": "too large"}]) from None
     except KeyConflict as error:
         raise ApiError(409, str(error), [{"field": "file", "problem": error.reason}]) from None
-    return ORJSONResponse(
+    return JSONAnswer(
         {"key": stored.key, "size": stored.size, "sha256": stored.sha256}, status_code=201
     )
 
@@ -154,7 +155,7 @@ async def upload(
     dependencies=[Depends(require_token)],
     responses={**MISSING, **REFUSED, **PROTECTED},
 )
-def delete(request: Request, key: str) -> ORJSONResponse:
+def delete(request: Request, key: str) -> JSONAnswer:
     """Remove the file at ``key`` (files only; a folder is never removed through here)."""
     lake = _lake(request)
     checked = _checked(partial(lake_key, lake), key, "key")
@@ -162,4 +163,4 @@ def delete(request: Request, key: str) -> ORJSONResponse:
         delete_file(lake, checked)
     except FileMissing as error:
         raise ApiError(404, str(error), [{"field": "key", "problem": error.reason}]) from None
-    return ORJSONResponse({"deleted": checked})
+    return JSONAnswer({"deleted": checked})

@@ -48,7 +48,7 @@ async def health(request: Request) -> JSONAnswer:
     Prefect, ThingsBoard, the loaded model and the answer recorder: 200 when every configured
     part is ok, else 503."""
     service = service_of(request)
-    parts = await run_in_threadpool(check_service_stack, service.settings)
+    parts = await run_in_threadpool(check_service_stack, service.settings, service.database)
     parts += [model_health(service), recorder_health(service)]
     failed = any(part.status is Status.FAILED for part in parts)
     body = {

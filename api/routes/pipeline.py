@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request
-from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import ApiError
+from api.responses import JSONAnswer
 from api.schemas import ErrorOut
 from api.security import require_token
 from api.service import service_of
@@ -73,7 +73,7 @@ class IngestIn(BaseModel):
     response_model=RunStartedOut,
     responses=RESPONSES,
 )
-def ingest(request: Request, body: Annotated[IngestIn | None, Body()] = None) -> ORJSONResponse:
+def ingest(request: Request, body: Annotated[IngestIn | None, Body()] = None) -> JSONAnswer:
     """Start the ``ingest/on-demand`` deployment (archive -> lake raw/); returns at once with
     the flow run id and its UI link: a worker of the deployment's pool runs it."""
     parameters = body.model_dump(exclude_none=True) if body is not None else {}
@@ -87,13 +87,13 @@ def ingest(request: Request, body: Annotated[IngestIn | None, Body()] = None) ->
     response_model=RunStartedOut,
     responses=RESPONSES,
 )
-def etl_run(request: Request) -> ORJSONResponse:
+def etl_run(request: Request) -> JSONAnswer:
     """Start the ``transform/on-demand`` deployment (raw -> validated Parquet -> features ->
     PostgreSQL, ingesting the configured source first); returns at once."""
     return _start(request, TRANSFORM_DEPLOYMENT, {})
 
 
-def _start(request: Request, deployment: str, parameters: dict[str, Any]) -> ORJSONResponse:
+def _start(request: Request, deployment: str, parameters: dict[str, Any]) -> JSONAnswer:
     settings = service_of(request).settings
     try:
         run = start_deployment(settings, deployment, parameters)
@@ -105,7 +105,7 @@ def _start(request: Request, deployment: str, parameters: dict[str, Any]) -> ORJ
         ) from None
     except RunRefused as error:
         raise ApiError(422, str(error), [{"field": "parameters", "problem": str(error)}]) from None
-    return ORJSONResponse(
+    return JSONAnswer(
         {"flow_run_id": run.flow_run_id, "url": run.url, "deployment": run.deployment,
          "state": run.state},
         status_code=202,

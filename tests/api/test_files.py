@@ -376,12 +376,6 @@ def test_chunked_upload_past_the_limit_is_refused_and_leaves_nothing(
     assert not (lake_root(project) / folder).exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api/app.py BodyLimit raises BodyTooLarge from receive(); FastAPI turns any error "
-    "while it reads the body into 400 'There was an error parsing the body' before the "
-    "middleware can answer 413 (BodyTooLarge as a 413 HTTPException would pass through)",
-)
 def test_chunked_upload_past_the_limit_is_413(small_api: Api) -> None:
     response = chunked_upload(small_api, unique_folder(), 5000)
 
