@@ -31,9 +31,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The application on ``settings`` (default: read from the environment)."""
     settings = settings or load_settings()
     # Prefect's logging setup (at its import) quiets uvicorn below WARNING: the service's
-    # start, model loads and shutdown are worth a line each
+    # start, model loads and shutdown are worth a line each. No access log: every answer is a
+    # row of serving.predictions already, and uvicorn writes one whenever the logger has a
+    # handler, its parent's (Prefect's rich console) included: a third of a worker's CPU.
     for name in ("uvicorn", "uvicorn.error", "api", "tasks"):
         logging.getLogger(name).setLevel(logging.INFO)
+    access = logging.getLogger("uvicorn.access")
+    access.disabled, access.propagate = True, False
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
