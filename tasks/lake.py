@@ -11,6 +11,8 @@ import io
 import json
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -59,6 +61,29 @@ class Lake:
             return parsed.path.rstrip("/") or "/"
         return f"{parsed.netloc}{parsed.path}".rstrip("/")
 
+    @contextmanager
+    def _failures(self, action: str, key: str) -> Iterator[None]:
+        """Any error of ``action`` on ``key`` as one LakeError naming the object and, on S3, the
+        endpoint and the setting that chooses it (the original error is kept as its cause)."""
+        try:
+            yield
+        except LakeError:
+            raise
+        except FileNotFoundError as exc:
+            raise LakeError(f"{self.uri(key)} does not exist") from exc
+        except Exception as exc:
+            raise LakeError(f"cannot {action} {self.uri(key)}: {self._explain(exc)}") from exc
+
+    def _explain(self, exc: Exception) -> str:
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        if self.protocol != "s3":
+            return reason
+        endpoint = self.storage_options.get("endpoint_url") or "AWS S3"
+        return (
+            f"{reason} (S3 endpoint {endpoint}: check RECSYS_S3_ENDPOINT_URL, the credentials "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, and that the bucket exists)"
+        )
+
     def path(self, key: str) -> str:
         return f"{self.root}/{key.lstrip('/')}" if key else self.root
 
@@ -73,10 +98,8 @@ class Lake:
         if self.protocol == "file":
             _write_local_atomically(Path(target), data)
             return
-        try:
+        with self._failures("write", key):
             self.fs.pipe_file(target, data)
-        except Exception as exc:
-            raise LakeError(f"cannot write {self.uri(key)}: {exc}") from exc
 
     def put_stream(self, key: str, source: IO[bytes]) -> str:
         """Copy a readable binary stream to ``key`` atomically; returns its sha256.
@@ -95,11 +118,8 @@ class Lake:
             finally:
                 temporary.unlink(missing_ok=True)
             return digest.hexdigest()
-        try:
-            with self.fs.open(target, "wb") as sink:
-                _copy_hashing(source, sink, digest)
-        except Exception as exc:
-            raise LakeError(f"cannot write {self.uri(key)}: {exc}") from exc
+        with self._failures("write", key), self.fs.open(target, "wb") as sink:
+            _copy_hashing(source, sink, digest)
         return digest.hexdigest()
 
     def put_json(self, key: str, payload: Any) -> None:
@@ -113,15 +133,14 @@ class Lake:
     def delete(self, key: str) -> None:
         """Remove ``key`` (a file or a whole prefix); absent keys are ignored."""
         target = self.path(key)
-        if self.fs.exists(target):
-            self.fs.rm(target, recursive=True)
+        with self._failures("delete", key):
+            if self.fs.exists(target):
+                self.fs.rm(target, recursive=True)
 
     # --- reads --------------------------------------------------------------------------
     def get_bytes(self, key: str) -> bytes:
-        try:
+        with self._failures("read", key):
             return bytes(self.fs.cat_file(self.path(key)))
-        except FileNotFoundError as exc:
-            raise LakeError(f"{self.uri(key)} does not exist") from exc
 
     def get_json(self, key: str) -> Any:
         return json.loads(self.get_bytes(key))
@@ -130,27 +149,30 @@ class Lake:
         return pl.read_parquet(io.BytesIO(self.get_bytes(key)))
 
     def exists(self, key: str) -> bool:
-        return bool(self.fs.exists(self.path(key)))
+        with self._failures("look up", key):
+            return bool(self.fs.exists(self.path(key)))
 
     def list(self, prefix: str = "") -> list[str]:
         """Keys of every file under ``prefix``, relative to the root, sorted."""
         base = self.path(prefix)
-        if not self.fs.exists(base):
-            return []
-        found = self.fs.find(base)
+        with self._failures("list", prefix):
+            if not self.fs.exists(base):
+                return []
+            found = self.fs.find(base)
         start = len(self.root) + 1
         return sorted(path[start:] if path.startswith(self.root) else path for path in found)
 
     def sha256(self, key: str) -> str:
         """Content hash of ``key``, streamed."""
         digest = hashlib.sha256()
-        with self.fs.open(self.path(key), "rb") as handle:
+        with self._failures("read", key), self.fs.open(self.path(key), "rb") as handle:
             while chunk := handle.read(CHUNK_BYTES):
                 digest.update(chunk)
         return digest.hexdigest()
 
     def size(self, key: str) -> int:
-        return int(self.fs.size(self.path(key)))
+        with self._failures("stat", key):
+            return int(self.fs.size(self.path(key)))
 
 
 def _copy_hashing(source: IO[bytes], sink: Any, digest: Any) -> None:

@@ -88,3 +88,21 @@ def test_failed_local_write_leaves_the_old_content(recsys_env: Path) -> None:
 
     assert lake.get_bytes("f.txt") == b"old"
     assert lake.list() == ["f.txt"]
+
+
+@pytest.mark.parametrize("action", ["size", "delete"])
+def test_an_unreachable_s3_endpoint_is_one_lake_error_naming_it(action: str) -> None:
+    closed = "http://127.0.0.1:9"  # the discard port: nothing listens
+    lake = Lake(
+        url="s3://bucket/lake",
+        storage_options={"endpoint_url": closed, "key": "k", "secret": "s",
+                         "config_kwargs": {"retries": {"max_attempts": 1}}},
+    )  # fmt: skip
+
+    with pytest.raises(LakeError) as caught:
+        getattr(lake, action)("raw/file")
+
+    message = str(caught.value)
+    assert closed in message and "RECSYS_S3_ENDPOINT_URL" in message
+    assert "s3://bucket/lake/raw/file" in message and len(message.splitlines()) == 1
+    assert caught.value.__cause__ is not None  # the original error is kept
