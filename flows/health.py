@@ -13,7 +13,6 @@ from tasks.health import (
     failed_parts,
     health_table,
 )
-from tasks.orchestration import prefect_environment
 
 
 @flow(name="health", log_prints=True)
@@ -30,6 +29,6 @@ def health() -> list[PartHealth]:
 
 
 if __name__ == "__main__":
-    with prefect_environment():
-        state = health(return_state=True)
-    sys.exit(0 if state.is_completed() else 1)
+    from cli.main import flow_script  # the same options and messages as `recsys health`
+
+    sys.exit(flow_script("health"))

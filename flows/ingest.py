@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 from prefect import flow
 
 from tasks.config import load_settings
 from tasks.movielens.sources import RawDataset, fetch_archive, resolve_source, store_raw_files
-from tasks.orchestration import prefect_environment
 
 
 @flow(name="ingest", log_prints=True)
@@ -24,6 +25,6 @@ def ingest(source: str | None = None, md5: str | None = None) -> RawDataset:
 
 
 if __name__ == "__main__":
-    with prefect_environment():
-        raw = ingest()
-    print(f"Raw {raw.dataset} stored at {raw.lake_url}/{raw.prefix} ({len(raw.files)} files)")
+    from cli.main import flow_script  # the same options and messages as `recsys ingest`
+
+    sys.exit(flow_script("ingest"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Literal
 
 from prefect import flow
@@ -12,7 +13,6 @@ from flows.report import report
 from flows.train import ModelKind, train
 from flows.transform import transform
 from tasks.config import Settings
-from tasks.orchestration import prefect_environment
 from tasks.report.summary import ReportRecord
 from tasks.train.sweep import ChampionRecord
 
@@ -76,6 +76,6 @@ def where_to_look(settings: Settings, result: PipelineResult) -> str:
 
 
 if __name__ == "__main__":
-    with prefect_environment() as settings:
-        done = pipeline()
-    print("\n" + where_to_look(settings, done))
+    from cli.main import flow_script  # the same options and messages as `recsys run`
+
+    sys.exit(flow_script("run"))

@@ -3,10 +3,11 @@ run's metrics as ThingsBoard telemetry (through the outbox, when ThingsBoard is 
 
 from __future__ import annotations
 
+import sys
+
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.orchestration import prefect_environment
 from tasks.report.summary import ReportRecord, post_telemetry, write_report
 
 
@@ -21,6 +22,6 @@ def report(sweep_run_id: str | None = None) -> ReportRecord:
 
 
 if __name__ == "__main__":
-    with prefect_environment():
-        done = report()
-    print(f"Report: {done.folder}/report.md")
+    from cli.main import flow_script  # the same options and messages as `recsys report`
+
+    sys.exit(flow_script("report"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from prefect import flow
 
 from flows.ingest import ingest
@@ -9,7 +11,6 @@ from tasks.config import load_settings
 from tasks.features import build_features
 from tasks.movielens.curate import curate_dataset
 from tasks.movielens.sources import RawDataset
-from tasks.orchestration import prefect_environment
 from tasks.warehouse.loads import LoadResult, load_into_warehouse
 
 
@@ -26,7 +27,6 @@ def transform(raw: RawDataset | None = None) -> LoadResult:
 
 
 if __name__ == "__main__":
-    with prefect_environment():
-        result = transform()
-    state = "loaded" if result.loaded else "already current"
-    print(f"Warehouse {state}: {result.dataset} version {result.version} {result.row_counts}")
+    from cli.main import flow_script  # the same options and messages as `recsys transform`
+
+    sys.exit(flow_script("transform"))

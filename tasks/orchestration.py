@@ -1,12 +1,18 @@
-"""Prefect's runtime for a local run: the project's Prefect home and settings, results on the
-lake's S3 bucket when the lake is on S3, and the sweep's task runner."""
+"""Prefect's runtime for a local run: the project's Prefect home and settings, the local Prefect
+server when one runs (``recsys server start``), results on the lake's S3 bucket when the lake is
+on S3, and the sweep's task runner."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlparse
+from urllib.request import urlopen
 
 from tasks.config import Settings, load_settings
 
@@ -26,10 +32,13 @@ def prefect_environment(settings: Settings | None = None) -> Iterator[Settings]:
 
     settings = settings or load_settings()
     settings.resolved_prefect_home.mkdir(parents=True, exist_ok=True)
-    updates = {
-        getattr(prefect.settings, name): value
-        for name, value in settings.prefect_overrides().items()
-    }
+    overrides = settings.prefect_overrides()
+    if "PREFECT_API_URL" not in overrides:
+        # a server of the same home is faster than starting a temporary one, and shows the run
+        server = running_local_server(settings)
+        if server is not None:
+            overrides["PREFECT_API_URL"] = server.api_url
+    updates = {getattr(prefect.settings, name): value for name, value in overrides.items()}
     with temporary_settings(updates=updates):
         if not settings.lake_is_s3:
             yield settings
@@ -39,6 +48,59 @@ def prefect_environment(settings: Settings | None = None) -> Iterator[Settings]:
             updates={prefect.settings.PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: block_slug}
         ):
             yield settings
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    """A Prefect server started by ``recsys server start``: its process and where it answers."""
+
+    pid: int
+    url: str
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api"
+
+
+def local_server_file(settings: Settings) -> Path:
+    """The pid file of the local Prefect server (JSON: pid and URL), in its Prefect home."""
+    return settings.resolved_prefect_home / "server.json"
+
+
+def read_local_server(settings: Settings) -> LocalServer | None:
+    """The local server the pid file names, whether or not it still runs."""
+    try:
+        recorded = json.loads(local_server_file(settings).read_text())
+        return LocalServer(pid=int(recorded["pid"]), url=str(recorded["url"]).rstrip("/"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def running_local_server(settings: Settings, timeout: float = 1.0) -> LocalServer | None:
+    """The local server when its process lives and its API answers its health check."""
+    server = read_local_server(settings)
+    if server is None or not process_alive(server.pid):
+        return None
+    return server if server_healthy(server.url, timeout) else None
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def server_healthy(url: str, timeout: float = 1.0) -> bool:
+    """Whether a Prefect server answers ``GET <url>/api/health`` with 200."""
+    try:
+        with urlopen(f"{url}/api/health", timeout=timeout) as response:  # noqa: S310 (our URL)
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 def save_result_storage_block(settings: Settings) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import socket
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from prefect.logging import get_run_logger
 from prefect.states import State
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict
+from urllib3.exceptions import NameResolutionError
 
 from tasks.caching import DATA_CONTENT
 from tasks.config import load_settings
@@ -212,6 +214,12 @@ def download(url: str, downloads_dir: Path, timeout: float) -> Path:
             received = _stream_to_file(response, partial, expected, url, logger)
     except requests.RequestException as exc:
         partial.unlink(missing_ok=True)
+        if _host_not_found(exc):
+            # no network or a mistyped host: retrying will not help, a local copy will
+            raise IngestError(
+                f"{url}: cannot resolve the host {urlparse(url).hostname!r} (offline?). "
+                "Set RECSYS_MOVIELENS_SOURCE to a local copy: the extracted folder or the zip"
+            ) from exc
         raise DownloadError(f"{url}: cannot download ({type(exc).__name__}: {exc})") from exc
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -222,6 +230,18 @@ def download(url: str, downloads_dir: Path, timeout: float) -> Path:
     partial.replace(target)
     logger.info("Downloaded %s (%d bytes) to %s", url, received, target)
     return target
+
+
+def _host_not_found(exc: BaseException) -> bool:
+    """Whether a request failed because its host name did not resolve (DNS), not mid-transfer."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror | NameResolutionError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    # requests keeps urllib3's MaxRetryError as the first argument, its reason inside
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NameResolutionError)
 
 
 def _stream_to_file(

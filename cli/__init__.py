@@ -1,0 +1,1 @@
+"""The command line (``recsys``): the layer above flows/ and api/; nothing imports it."""
