@@ -399,7 +399,7 @@ def test_migrations_upgrade_a_loaded_warehouse(
     )
     reloaded = loads.load_dataset(database_url, "ml-1m", "v2", tables("ml-1m", RANDOM))
 
-    later = sorted(path.stem for path in schema.MIGRATIONS.glob("V*.sql") if path.stem > "V005")
+    later = sorted(path.stem for path in schema.MIGRATIONS.glob("V*.sql") if path.stem[:4] > "V005")
     assert applied == ["V003__fold_zero", "V004__ratings_keys_on_ids", *later]
     assert migrated_keys["kind"].to_list() == ["f", "f", "p"]  # V004 keyed the loaded partition
     assert temporal.loaded and reloaded.loaded
