@@ -38,6 +38,7 @@ def explain_failure(exc: BaseException, settings: Settings | None = None) -> Exp
             _s3_unreachable,
             _ingest_failed,
             _stack_unhealthy,
+            _prefect_unavailable,
         ):
             explanation = explain(cause, settings)
             if explanation is not None:
@@ -168,6 +169,23 @@ def _stack_unhealthy(exc: BaseException, settings: Settings | None) -> Explanati
     if not isinstance(exc, UnhealthyStackError):
         return None
     return Explanation(first_line(exc), "The table above names each part's reason.")
+
+
+def _prefect_unavailable(exc: BaseException, settings: Settings | None) -> Explanation | None:
+    text = str(exc)
+    if "ephemeral Prefect API server" in text:
+        return Explanation(
+            "Prefect's temporary API server did not start in time (a busy machine?)",
+            "Start the project's server once (recsys server start; local runs then use it), or"
+            " set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90.",
+        )
+    if "Failed to reach API at" in text or "Cannot connect to API" in text:
+        return Explanation(
+            f"cannot reach the Prefect API: {first_line(exc)}",
+            "Start that server, or set PREFECT_API_URL to one that runs (unset: the project's"
+            " own server when `recsys server start` runs it, else a temporary one).",
+        )
+    return None
 
 
 ENDPOINTS = (
