@@ -96,6 +96,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("THINGSBOARD_DEVICE", "RECSYS_THINGSBOARD_DEVICE"),
         description="device name the dashboard's alias finds",
     )
+    thingsboard_retry_after_cap_seconds: float = Field(
+        default=30.0, gt=0, description="the longest Retry-After of ThingsBoard's honoured"
+    )
+    outbox_max_attempts: int = Field(
+        default=5, ge=1, description="tries of a telemetry message ThingsBoard refuses (4xx)"
+    )
     reports_dir: Path | None = Field(
         default=None, description="where the report flow writes; default <home>/reports"
     )

@@ -178,6 +178,36 @@ def check_thingsboard(settings: Settings) -> PartHealth:
     return probe("thingsboard", base, lambda: _http_reachable(base))
 
 
+def check_outbox(settings: Settings, database: str | None = None) -> PartHealth:
+    """The ThingsBoard outbox: messages waiting, and those ThingsBoard refused until they were
+    given up (shown here, with the last reason; they never fail the stack: nothing retries
+    them)."""
+    if not settings.thingsboard_configured:
+        return not_configured("telemetry outbox", "ThingsBoard off: messages wait in the outbox")
+
+    def counts() -> str:
+        url = database or _embedded_database_url(settings)
+        with psycopg.connect(url, connect_timeout=int(TIMEOUT_SECONDS)) as conn:
+            migrated = conn.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = 'ops'"
+                " AND table_name = 'telemetry_outbox' AND column_name = 'failed_at'"
+            ).fetchone()
+            if migrated is None:
+                return "no outbox yet (the warehouse is migrated by the first flow or the API)"
+            row = conn.execute(
+                "SELECT count(*) FILTER (WHERE failed_at IS NULL),"
+                " count(*) FILTER (WHERE failed_at IS NOT NULL),"
+                " (array_agg(last_error ORDER BY failed_at DESC)"
+                "  FILTER (WHERE failed_at IS NOT NULL))[1]"
+                " FROM ops.telemetry_outbox WHERE delivered_at IS NULL"
+            ).fetchone()
+        pending, given_up, last = row if row else (0, 0, None)
+        detail = f"{pending} pending, {given_up} refused and given up"
+        return f"{detail} (last: {_first_line(last)})" if given_up else detail
+
+    return probe("telemetry outbox", "ops.telemetry_outbox", counts)
+
+
 def check_project_dir(settings: Settings) -> PartHealth:
     """The folder a worker's pull step enters must hold the flows and prefect.yaml."""
     folder = settings.project_dir
@@ -202,6 +232,7 @@ def check_stack(settings: Settings) -> list[PartHealth]:
         *check_mlflow(settings),
         *check_prefect(settings),
         check_thingsboard(settings),
+        check_outbox(settings),
     ]
 
 
@@ -229,6 +260,7 @@ def check_service_stack(settings: Settings, database: str | None = None) -> list
         *check_mlflow(settings),
         *prefect,
         check_thingsboard(settings),
+        check_outbox(settings, database),
     ]
 
 

@@ -250,7 +250,7 @@ def test_table_lists_every_part_with_status_and_latency(database_url: str) -> No
     assert [line.split("  ")[0].strip() for line in table[2:]] == [r.part for r in results]
     assert {r.part for r in results} == {
         "project folder", "lake", "postgresql", "mlflow tracking", "mlflow registry",
-        "prefect api", "prefect work pool", "thingsboard",
+        "prefect api", "prefect work pool", "thingsboard", "telemetry outbox",
     }  # fmt: skip
     assert "not configured" in table[-1] and " ms " in table[3]
 
@@ -296,3 +296,28 @@ def test_script_exits_non_zero_and_prints_the_reason(database_url: str, tmp_path
     row = next(line for line in output.splitlines() if line.startswith("thingsboard"))
     assert "failed" in row and "unreachable: connection refused" in row
     assert TOKEN not in output
+
+
+def test_the_outbox_part_shows_messages_given_up(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.health import check_outbox
+    from tasks.warehouse.connection import connect
+    from tasks.warehouse.schema import migrate
+
+    monkeypatch.setenv("THINGSBOARD_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("THINGSBOARD_DEVICE_TOKEN", "token")
+    migrate(database_url)
+    with connect(database_url) as conn:
+        conn.execute(
+            "INSERT INTO ops.telemetry_outbox (kind, payload, attempts, last_error, failed_at)"
+            " VALUES ('telemetry', '{}', 5, 'HTTP 400 Bad Request: no values', now()),"
+            " ('telemetry', '{}', 0, NULL, NULL)"
+        )
+
+    part = check_outbox(load_settings())
+
+    assert part.status is Status.OK
+    assert (
+        part.reason == "1 pending, 1 refused and given up (last: HTTP 400 Bad Request: no values)"
+    )

@@ -80,13 +80,32 @@ def _redact_urllib3_logs() -> None:
             url_logger.addFilter(_RedactDeviceToken())
 
 
+class CappedRetry(Retry):
+    """urllib3's Retry, honouring a server's Retry-After only up to ``retry_after_cap`` seconds
+    (a ThingsBoard asking for an hour must not stall a report or the service's thread)."""
+
+    retry_after_cap: float = 30.0
+
+    def get_retry_after(self, response: Any) -> float | None:
+        after = super().get_retry_after(response)
+        return None if after is None else min(after, self.retry_after_cap)
+
+    def new(self, **kwargs: Any) -> CappedRetry:
+        retry = super().new(**kwargs)
+        retry.retry_after_cap = self.retry_after_cap  # type: ignore[attr-defined]
+        return retry  # type: ignore[return-value]
+
+
 def telemetry_session(
-    retries: int = 4, backoff: float = 0.5, methods: frozenset[str] = RETRY_METHODS
+    retries: int = 4,
+    backoff: float = 0.5,
+    methods: frozenset[str] = RETRY_METHODS,
+    retry_after_cap: float | None = None,
 ) -> requests.Session:
     """A session that retries connection errors, and read errors, 429 and 5xx of ``methods``
     (POST included by default), honouring Retry-After; once retries are spent the last
     response is returned, not raised."""
-    retry = Retry(
+    retry = CappedRetry(
         total=retries,
         connect=retries,
         read=retries,
@@ -98,6 +117,10 @@ def telemetry_session(
         respect_retry_after_header=True,
         raise_on_status=False,
     )
+    retry.retry_after_cap = (
+        retry_after_cap if retry_after_cap is not None
+        else load_settings().thingsboard_retry_after_cap_seconds
+    )  # fmt: skip
     _redact_urllib3_logs()
     session = requests.Session()
     adapter = HTTPAdapter(max_retries=retry)
@@ -212,6 +235,7 @@ class DeliveryReport:
     sent: int
     failed: int
     pending: int
+    given_up: int = 0  # refused messages marked failed after their last attempt (all time)
 
 
 _INSERT = (
@@ -220,7 +244,7 @@ _INSERT = (
 )
 _NEXT_PENDING = (
     "SELECT outbox_id, kind, payload FROM ops.telemetry_outbox"
-    " WHERE delivered_at IS NULL AND outbox_id > %s"
+    " WHERE delivered_at IS NULL AND failed_at IS NULL AND outbox_id > %s"
     " ORDER BY outbox_id LIMIT 1 FOR UPDATE SKIP LOCKED"
 )
 _MARK_DELIVERED = (
@@ -230,7 +254,15 @@ _MARK_DELIVERED = (
 _RECORD_FAILURE = (
     "UPDATE ops.telemetry_outbox SET attempts = attempts + 1, last_error = %s WHERE outbox_id = %s"
 )
-_COUNT_PENDING = "SELECT count(*) FROM ops.telemetry_outbox WHERE delivered_at IS NULL"
+# a refused message (4xx) is given up after max_attempts: failed, with its reason, never resent
+_RECORD_REFUSAL = (
+    "UPDATE ops.telemetry_outbox SET attempts = attempts + 1, last_error = %s,"
+    " failed_at = CASE WHEN attempts + 1 >= %s THEN clock_timestamp() END WHERE outbox_id = %s"
+)
+_COUNT_PENDING = (
+    "SELECT count(*) FILTER (WHERE failed_at IS NULL), count(*) FILTER (WHERE failed_at IS NOT NULL)"
+    " FROM ops.telemetry_outbox WHERE delivered_at IS NULL"
+)
 
 
 def enqueue_all(
@@ -270,7 +302,7 @@ def _send(device: ThingsBoardDevice, kind: str, payload: dict[str, Any]) -> None
 
 
 def _deliver_next(
-    conn: psycopg.Connection[Any], device: ThingsBoardDevice, after_id: int
+    conn: psycopg.Connection[Any], device: ThingsBoardDevice, after_id: int, max_attempts: int
 ) -> tuple[int, ThingsBoardError | None] | None:
     """Send the first pending row after ``after_id`` while holding its lock; None when done.
 
@@ -285,23 +317,31 @@ def _deliver_next(
         try:
             _send(device, kind, payload)
         except ThingsBoardError as error:
-            conn.execute(_RECORD_FAILURE, (str(error)[:1000], outbox_id))
+            reason = str(error)[:1000]
+            if isinstance(error, ThingsBoardUnavailable | ThingsBoardAuthError):
+                conn.execute(_RECORD_FAILURE, (reason, outbox_id))  # not the message's fault
+            else:
+                conn.execute(_RECORD_REFUSAL, (reason, max_attempts, outbox_id))
             logger.warning("Outbox row %d (%s) not delivered: %s", outbox_id, kind, error)
             return outbox_id, error
         conn.execute(_MARK_DELIVERED, (outbox_id,))
         return outbox_id, None
 
 
-def deliver_pending(url: str, device: ThingsBoardDevice) -> DeliveryReport:
+def deliver_pending(
+    url: str, device: ThingsBoardDevice, max_attempts: int | None = None
+) -> DeliveryReport:
     """Send the outbox's pending rows, oldest first, each in its own transaction.
 
     Stops at the first ``ThingsBoardUnavailable`` (the rest stay pending); re-raises a
-    ``ThingsBoardAuthError`` once recorded; a row refused with another 4xx stays pending and
-    the next rows go on.
+    ``ThingsBoardAuthError`` once recorded; a row refused with another 4xx is tried again on
+    later deliveries up to ``max_attempts`` in all (``RECSYS_OUTBOX_MAX_ATTEMPTS``), then marked
+    failed with its reason, and the next rows go on.
     """
+    attempts = max_attempts or load_settings().outbox_max_attempts
     sent = failed = last_id = 0
     with connect(url, autocommit=True) as conn:
-        while (outcome := _deliver_next(conn, device, last_id)) is not None:
+        while (outcome := _deliver_next(conn, device, last_id, attempts)) is not None:
             last_id, error = outcome
             if error is None:
                 sent += 1
@@ -311,10 +351,24 @@ def deliver_pending(url: str, device: ThingsBoardDevice) -> DeliveryReport:
                 raise error
             if isinstance(error, ThingsBoardUnavailable):
                 break
-        count = conn.execute(_COUNT_PENDING).fetchone()
-    report = DeliveryReport(sent=sent, failed=failed, pending=count[0] if count else 0)
-    logger.info("ThingsBoard outbox: %d sent, %d failed, %d pending", sent, failed, report.pending)
+        pending, given_up = outbox_counts_on(conn)
+    report = DeliveryReport(sent=sent, failed=failed, pending=pending, given_up=given_up)
+    logger.info(
+        "ThingsBoard outbox: %d sent, %d failed, %d pending, %d given up",
+        sent, failed, report.pending, given_up,
+    )  # fmt: skip
     return report
+
+
+def outbox_counts_on(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+    """(pending, given up) messages of the outbox."""
+    row = conn.execute(_COUNT_PENDING).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+def outbox_counts(url: str) -> tuple[int, int]:
+    with connect(url) as conn:
+        return outbox_counts_on(conn)
 
 
 def report_to_thingsboard(

@@ -60,6 +60,8 @@ class FakeThingsBoard:
     received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     device_hits: int = 0
     fail_next: int = 0
+    retry_after: str = "0"  # the Retry-After of the 503s that fail_next answers
+    refuse: bool = False  # device posts answered 400, as for a payload ThingsBoard rejects
     down: bool = False
     delay: float = 0.0
     jwt: str = field(default_factory=lambda: f"jwt-{uuid.uuid4().hex}")
@@ -132,7 +134,9 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # no answer at all: the client sees a dropped link
             return
         if failing:
-            return self.reply(503, {"message": "busy"}, {"Retry-After": "0"})
+            return self.reply(503, {"message": "busy"}, {"Retry-After": tb.retry_after})
+        if tb.refuse:
+            return self.reply(400, {"message": "Unable to parse the telemetry"})
         if token not in tb.tokens:
             return self.reply(401, {"message": "Invalid device token"})
         if resource == "telemetry" and isinstance(body, list):  # several points in one post
@@ -502,3 +506,50 @@ def test_provisioning_retries_its_login_but_never_repeats_a_create(
     admin = telemetry_session(methods=ADMIN_RETRY_METHODS).get_adapter("http://tb").max_retries
     assert "POST" not in admin.allowed_methods  # type: ignore[operator]
     assert "POST" in telemetry_session().get_adapter("http://tb").max_retries.allowed_methods  # type: ignore[operator]
+
+
+def given_up_rows(url: str) -> list[tuple[int, str | None, bool]]:
+    with connect(url) as conn:
+        rows = conn.execute(
+            "SELECT attempts, last_error, failed_at IS NOT NULL FROM ops.telemetry_outbox"
+            " ORDER BY outbox_id"
+        ).fetchall()
+    return [(attempts, error, failed) for attempts, error, failed in rows]
+
+
+def test_a_refused_message_is_marked_failed_after_its_last_attempt(
+    outbox: str, thingsboard: FakeThingsBoard
+) -> None:
+    device = fast_device(thingsboard.url)
+    enqueue(outbox, "telemetry", {"ts": 1, "values": {"rmse_knn_tuned": 0.9}})
+    thingsboard.refuse = True
+
+    first = deliver_pending(outbox, device, max_attempts=2)
+    second = deliver_pending(outbox, device, max_attempts=2)
+    hits = thingsboard.device_hits
+    third = deliver_pending(outbox, device, max_attempts=2)
+    hits_after_third = thingsboard.device_hits
+    thingsboard.refuse = False
+    enqueue(outbox, "telemetry", {"ts": 2, "values": {"rmse_knn_tuned": 0.8}})
+    fourth = deliver_pending(outbox, device, max_attempts=2)
+
+    assert (first.pending, first.given_up) == (1, 0)
+    assert (second.pending, second.given_up) == (0, 1)
+    assert hits_after_third == hits  # given up: never sent again
+    assert (third.sent, third.failed) == (0, 0)
+    assert (fourth.sent, fourth.pending, fourth.given_up) == (1, 0, 1)
+    attempts, reason, failed = given_up_rows(outbox)[0]
+    assert attempts == 2 and failed and reason is not None and "HTTP 400" in reason
+
+
+def test_retry_after_is_honoured_up_to_its_cap(thingsboard: FakeThingsBoard) -> None:
+    device = ThingsBoardDevice(
+        thingsboard.url, TOKEN, telemetry_session(retries=2, backoff=0.01, retry_after_cap=0.2)
+    )
+    thingsboard.fail_next, thingsboard.retry_after = 2, "3600"
+
+    started = time.monotonic()
+    device.post_telemetry(1, {"rmse_knn_tuned": 0.9})
+
+    assert time.monotonic() - started < 5  # two waits of 0.2 s, not two hours
+    assert thingsboard.telemetry() == [{"ts": 1, "values": {"rmse_knn_tuned": 0.9}}]
