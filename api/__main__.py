@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import uvicorn
 
 from tasks.config import load_settings
@@ -9,6 +11,8 @@ from tasks.config import load_settings
 
 def main() -> None:
     settings = load_settings()
+    # before anything imports Prefect (the app does): its home is created at import
+    os.environ.setdefault("PREFECT_HOME", str(settings.resolved_prefect_home))
     uvicorn.run(
         "api.app:create_app",
         factory=True,
