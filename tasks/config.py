@@ -116,6 +116,11 @@ class Settings(BaseSettings):
         description="a Prefect server; unset uses Prefect's ephemeral API",
     )
     max_rejects: int = Field(default=0, ge=0, description="rejected rows tolerated per load")
+    max_member_bytes: int = Field(
+        default=1536 * 1024 * 1024,
+        ge=1,
+        description="largest file of a MovieLens archive or folder that is stored and read",
+    )
     task_runner: Literal["thread", "dask"] = Field(
         default="thread", description="how the training sweep runs its tasks"
     )

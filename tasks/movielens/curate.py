@@ -5,6 +5,7 @@ to the lake.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import polars as pl
@@ -21,10 +22,16 @@ from tasks.movielens.catalog import (
     Layout,
     movielens_set,
 )
-from tasks.movielens.errors import ValidationError
+from tasks.movielens.errors import ArchiveError, ValidationError
 from tasks.movielens.folds import OFFICIAL, OFFICIAL_FOLDS, FoldRule, fold_rule
 from tasks.movielens.formats import curate_files
-from tasks.movielens.sources import RawDataset, sha256_text
+from tasks.movielens.sources import MANIFEST, RawDataset, sha256_text
+from tasks.movielens.validation import (
+    FIRST_REJECTS,
+    describe_consequences,
+    describe_rejects,
+    is_consequence,
+)
 
 CURATED_FORMAT = "1"  # bump when the curated tables change shape: it changes every version
 
@@ -81,6 +88,26 @@ def files_to_parse(raw: RawDataset) -> list[str]:
     return [f.file for f in raw.files if f.file in member.parsed_files]
 
 
+def read_raw_files(lake: Lake, raw: RawDataset, names: list[str], limit: int) -> dict[str, bytes]:
+    """The raw files' bytes; a file larger than ``limit`` (RECSYS_MAX_MEMBER_BYTES) is refused
+    before it is read, by the size its manifest records."""
+    sizes = {f.file: f.size for f in raw.files}
+    for name in names:
+        if sizes[name] > limit:
+            raise ArchiveError(
+                f"{lake.uri(raw.key(name))}: {sizes[name]} bytes, more than the "
+                f"{limit} allowed by RECSYS_MAX_MEMBER_BYTES"
+            )
+    return {name: lake.get_bytes(raw.key(name)) for name in names}
+
+
+def fetched_at(lake: Lake, raw: RawDataset) -> datetime | None:
+    """When the raw version was fetched (its manifest's ``fetched_at``): no rating is later.
+    Fixed for a raw version, so the curated result stays a function of its inputs."""
+    stamp = lake.get_json(f"{raw.prefix}/{MANIFEST}").get("fetched_at")
+    return datetime.fromisoformat(stamp) if stamp else None
+
+
 @task(cache_policy=DATA_CONTENT + FoldSettings(), persist_result=True)
 def curate_dataset(raw: RawDataset, max_rejects: int) -> CuratedDataset:
     """Parse and validate the raw files; write curated Parquet, and every bad row to rejects/."""
@@ -88,8 +115,8 @@ def curate_dataset(raw: RawDataset, max_rejects: int) -> CuratedDataset:
     settings = load_settings()
     lake = Lake.from_settings(settings, raw.lake_url)
     folds = fold_rule(raw.dataset, settings.fold_scheme, settings.fold_seed)
-    files = {name: lake.get_bytes(raw.key(name)) for name in files_to_parse(raw)}
-    curated = curate_files(movielens_set(raw.dataset), files, folds)
+    files = read_raw_files(lake, raw, files_to_parse(raw), settings.max_member_bytes)
+    curated = curate_files(movielens_set(raw.dataset), files, folds, fetched_at(lake, raw))
     version = dataset_version(raw, folds)
     rejected_rows = curated.rejects.select("file", "line").n_unique()
     if rejected_rows:
@@ -117,12 +144,19 @@ def curate_dataset(raw: RawDataset, max_rejects: int) -> CuratedDataset:
 
 
 def _rejects_message(rejects: pl.DataFrame, max_rejects: int, where: str) -> str:
+    """The refusal: the first root rejects (file, line, field, value, reason), then the rows
+    rejected only as their consequence, counted per user or item."""
     rows = rejects.select("file", "line").n_unique()
-    examples = "; ".join(
-        f"{r['file']} line {r['line']} field {r['field']} ({r['value']!r}): {r['reason']}"
-        for r in rejects.head(5).iter_rows(named=True)
-    )
+    causes = rejects.filter(~is_consequence())
+    consequences = describe_consequences(rejects, FIRST_REJECTS)
     return (
         f"{rows} rejected rows (more than the {max_rejects} allowed by "
-        f"RECSYS_MAX_REJECTS), listed in {where}. First: {examples}"
+        f"RECSYS_MAX_REJECTS), listed in {where}. "
+        f"{causes.select('file', 'line').n_unique()} rejected for themselves, first: "
+        f"{describe_rejects(causes, FIRST_REJECTS)}"
+        + (
+            f"; and, only because their user or item was rejected, {consequences}"
+            if consequences
+            else ""
+        )
     )

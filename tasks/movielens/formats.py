@@ -4,7 +4,8 @@ the same curated tables. Pure Polars, no Prefect.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 
 import polars as pl
 
@@ -17,6 +18,7 @@ from tasks.movielens.catalog import (
 from tasks.movielens.errors import ArchiveError, ValidationError
 from tasks.movielens.folds import FOLD_COUNT, FoldRule, assign_folds, member_folds
 from tasks.movielens.validation import (
+    FIRST_REJECTS,
     RATING_DTYPES,
     FileSpec,
     KnownIds,
@@ -26,12 +28,17 @@ from tasks.movielens.validation import (
     as_integer,
     as_type,
     check_ratings,
+    count_lines,
+    describe_rejects,
     first_occurrence,
     id_rules,
+    is_consequence,
     rating_dtypes,
     read_csv_fields,
     read_fields,
     read_typed_fields,
+    rejected_ids,
+    without_bom,
 )
 
 GENRE_COUNT = 19
@@ -75,7 +82,13 @@ def parse_users(data: bytes, occupations: set[str] | None) -> Parsed:
         pl.col("occupation").str.strip_chars(),
         pl.col("zip_code").str.strip_chars(),
     )
-    return Parsed(rows=rows.sort("user_id"), rejects=checked.rejects)
+    users = Parsed(rows=rows.sort("user_id"), rejects=checked.rejects)
+    return with_removed_ids(parsed, users, USERS_SPEC.separator, "user_id")
+
+
+def with_removed_ids(fields: Parsed, parsed: Parsed, separator: str, field: str) -> Parsed:
+    """``parsed`` (a users or items file) with the ids that only its rejected lines hold."""
+    return replace(parsed, removed_ids=rejected_ids(fields, parsed, separator, field))
 
 
 def _date(name: str) -> pl.Expr:
@@ -116,14 +129,17 @@ def parse_items(data: bytes) -> Parsed:
         pl.col("imdb_url").str.strip_chars().replace("", None).alias("imdb_url"),
         *(as_type(column, pl.Int8()).alias(column) for column in GENRE_COLUMNS),
     )
-    return Parsed(rows=rows.sort("item_id"), rejects=checked.rejects)
+    items = Parsed(rows=rows.sort("item_id"), rejects=checked.rejects)
+    return with_removed_ids(parsed, items, ITEMS_SPEC.separator, "item_id")
 
 
-def parse_ratings(data: bytes, file: str, users: pl.Series, items: pl.Series) -> Parsed:
+def parse_ratings(
+    data: bytes, file: str, known: KnownIds, fetched_at: datetime | None = None
+) -> Parsed:
     """An ml-100k ratings file (``u.data``, ``u1.test``...) against the known users and items."""
     spec = FileSpec(file, RATINGS_SPEC.separator, RATINGS_SPEC.columns)
     fields = read_typed_fields(data, spec, RATING_DTYPES) or read_fields(data, spec)
-    return check_ratings(fields, file, KnownIds(items, "u.item", users, "u.user"))
+    return check_ratings(fields, file, known, not_after=fetched_at)
 
 
 def parse_genres(data: bytes) -> Parsed:
@@ -155,21 +171,22 @@ def parse_occupations(data: bytes) -> Parsed:
 def check_official_folds(
     folds: pl.DataFrame,
     fold_files: dict[str, bytes],
-    users: pl.Series,
-    items: pl.Series,
+    known: KnownIds,
+    ratings_rejects: pl.DataFrame,
     rejected_pairs: pl.DataFrame | None = None,
 ) -> None:
     """Fail when a present u<i>.test does not hold exactly the derived test fold i.
 
     Every official line counts, a rejected one too (a line of a user that u.user lacks is a
     disagreement, not ignored); ``rejected_pairs``, the pairs of u.data's rejected lines, are
-    in no derived fold, so an official line holding one is no disagreement.
+    in no derived fold, so an official line holding one is no disagreement. The message names
+    u.data's own rejects first (``ratings_rejects``): they are the likelier cause.
     """
     for fold in range(1, FOLD_COUNT + 1):
         name = f"u{fold}.test"
         if name not in fold_files:
             continue
-        official = parse_ratings(fold_files[name], name, users, items)
+        official = parse_ratings(fold_files[name], name, known)
         derived = folds.filter(pl.col("test_fold") == fold).select("user_id", "item_id")
         pairs = official.rows.select("user_id", "item_id")
         if official.rejects.height:
@@ -180,8 +197,10 @@ def check_official_folds(
             unexpected = unexpected.join(rejected_pairs, on=["user_id", "item_id"], how="anti")
         extra = unexpected.height
         if missing or extra:
+            causes = describe_rejects(ratings_rejects.filter(~is_consequence()), FIRST_REJECTS)
             raise ValidationError(
-                f"{name}: disagrees with the folds derived from u.data by mku.sh "
+                (f"u.data's rejected lines first: {causes}; then " if causes else "")
+                + f"{name}: disagrees with the folds derived from u.data by mku.sh "
                 f"({missing} derived pairs missing, {extra} unexpected pairs)"
             )
 
@@ -209,25 +228,35 @@ class CuratedTables:
         }
 
 
-def curate_ml100k(files: dict[str, bytes]) -> CuratedTables:
-    """Parse and validate the ml-100k files into typed tables plus every rejected row."""
+def curate_ml100k(files: dict[str, bytes], fetched_at: datetime | None = None) -> CuratedTables:
+    """Parse and validate the ml-100k files into typed tables plus every rejected row; no
+    rating may be later than ``fetched_at`` (the fetch of the source; default now)."""
+    files = {name: without_bom(data) for name, data in files.items()}
     occupations = parse_occupations(files["u.occupation"]) if "u.occupation" in files else None
     genres = parse_genres(files["u.genre"]) if "u.genre" in files else None
     users = parse_users(
         files["u.user"], set(occupations.rows["name"]) if occupations is not None else None
     )
     items = parse_items(files["u.item"])
-    user_ids, item_ids = users.rows["user_id"], items.rows["item_id"]
-    ratings = parse_ratings(files["u.data"], "u.data", user_ids, item_ids)
+    known = KnownIds(
+        items.rows["item_id"],
+        "u.item",
+        users.rows["user_id"],
+        "u.user",
+        rejected_users=users.removed_ids,
+        rejected_items=items.removed_ids,
+    )
+    ratings = parse_ratings(files["u.data"], "u.data", known, fetched_at)
     require_ratings(ratings, "u.data")
+    refuse_truncated_last_line(files["u.data"], "u.data", ratings.rejects)
     # mku.sh's fifths of u.data's lines, up to its last (blank lines after it count for nothing)
     last_line = pl.concat([ratings.rows["line"], ratings.rejects["line"]]).max()
     folds = assign_folds(ratings.rows, int(last_line))  # type: ignore[arg-type]
     check_official_folds(
         folds,
         {n: d for n, d in files.items() if n.endswith(".test")},
-        user_ids,
-        item_ids,
+        known,
+        ratings.rejects,
         line_pairs(files["u.data"], "u.data", ratings.rejects) if ratings.rejects.height else None,
     )
     genre_names = genres.rows if genres is not None else _default_genres()
@@ -260,6 +289,21 @@ def require_ratings(ratings: Parsed, file: str) -> None:
     raise ValidationError(
         f"{file}: no valid ratings ({ratings.rejects['line'].n_unique()} lines rejected{reason})"
     )
+
+
+def refuse_truncated_last_line(data: bytes, file: str, rejects: pl.DataFrame) -> None:
+    """Fail when the ratings file's last line is cut short: GroupLens ends every line with a
+    newline, so a rejected last line without one is a truncated file, not a bad rating."""
+    if not data or data.endswith(b"\n"):
+        return
+    last = count_lines(data)
+    cut = rejects.filter(pl.col("line") == last).head(1).to_dicts()
+    if cut:
+        tail = data[data.rfind(b"\n") + 1 :][:80]
+        raise ValidationError(
+            f"{file} line {last}: the last line {tail!r} ends without a newline "
+            f"({cut[0]['reason']}): the file is truncated"
+        )
 
 
 def line_pairs(data: bytes, file: str, rejects: pl.DataFrame) -> pl.DataFrame:
@@ -443,18 +487,25 @@ def movie_genres(movies: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     return genres, item_genres
 
 
-def curate_member(member: MovieLensSet, files: dict[str, bytes], rule: FoldRule) -> CuratedTables:
+def curate_member(
+    member: MovieLensSet,
+    files: dict[str, bytes],
+    rule: FoldRule,
+    fetched_at: datetime | None = None,
+) -> CuratedTables:
     """Parse and validate a .dat or CSV member into the same tables as ml-100k's."""
     require_parsed_files(member, files)
-    users = (
-        parse_ml1m_users(
-            member_fields(member, files, member.users_file, ML1M_USER_COLUMNS), member.users_file
+    files = {name: without_bom(data) for name, data in files.items()}
+    separator = "," if member.layout is Layout.CSV else "::"
+    users = None
+    if member.users_file:
+        user_fields = member_fields(member, files, member.users_file, ML1M_USER_COLUMNS)
+        users = with_removed_ids(
+            user_fields, parse_ml1m_users(user_fields, member.users_file), separator, "user_id"
         )
-        if member.users_file
-        else None
-    )
-    movies = parse_movies(
-        member_fields(member, files, member.items_file, MOVIE_COLUMNS), member.items_file
+    movie_fields = member_fields(member, files, member.items_file, MOVIE_COLUMNS)
+    movies = with_removed_ids(
+        movie_fields, parse_movies(movie_fields, member.items_file), separator, "item_id"
     )
     links = (
         parse_links(
@@ -471,10 +522,14 @@ def curate_member(member: MovieLensSet, files: dict[str, bytes], rule: FoldRule)
             member.items_file,
             users.rows["user_id"] if users is not None else None,
             member.users_file or "",
+            rejected_users=users.removed_ids if users is not None else None,
+            rejected_items=movies.removed_ids,
         ),
         half_stars=member.half_stars,
+        not_after=fetched_at,
     )
     require_ratings(ratings, member.ratings_file)
+    refuse_truncated_last_line(files[member.ratings_file], member.ratings_file, ratings.rejects)
     genres, item_genres = movie_genres(movies.rows)
     items = movies.rows.drop("genres")
     if links is not None:
@@ -507,9 +562,15 @@ def require_parsed_files(member: MovieLensSet, files: dict[str, bytes]) -> None:
         raise ArchiveError(f"{member.name}: {member.name} file(s) {', '.join(missing)} missing")
 
 
-def curate_files(member: MovieLensSet, files: dict[str, bytes], rule: FoldRule) -> CuratedTables:
-    """The curated tables of any member, from its raw files by name."""
+def curate_files(
+    member: MovieLensSet,
+    files: dict[str, bytes],
+    rule: FoldRule,
+    fetched_at: datetime | None = None,
+) -> CuratedTables:
+    """The curated tables of any member, from its raw files by name; no rating may be later
+    than ``fetched_at``, the fetch of the source (default now)."""
     if member.layout is Layout.ML100K:
         require_parsed_files(member, files)
-        return curate_ml100k(files)
-    return curate_member(member, files, rule)
+        return curate_ml100k(files, fetched_at)
+    return curate_member(member, files, rule, fetched_at)

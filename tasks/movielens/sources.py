@@ -7,16 +7,18 @@ written last, so a folder without a manifest was never completed and is never re
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import socket
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, cast
 from urllib.parse import urlparse
 
 import requests
@@ -31,6 +33,7 @@ from tasks.caching import DATA_CONTENT
 from tasks.config import load_settings
 from tasks.lake import CHUNK_BYTES, Lake
 from tasks.movielens.catalog import (
+    Layout,
     movielens_set,
 )
 from tasks.movielens.errors import (
@@ -132,9 +135,26 @@ def resolve_source(location: str, expected_md5: str | None) -> MovieLensSource:
 def folder_sha256(folder: Path) -> str:
     """One hash over every file's relative name and content hash, in name order."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in folder_files(folder):
         digest.update(f"{path.relative_to(folder).as_posix()}\0{file_digests(path)[1]}\n".encode())
     return digest.hexdigest()
+
+
+def folder_files(folder: Path) -> list[Path]:
+    """The files under ``folder``, in name order; a symbolic link that leads outside it is
+    refused, never followed (its target would be copied into the lake)."""
+    root = folder.resolve()
+    files = []
+    for path in sorted(folder.rglob("*")):
+        target = path.resolve()
+        if not target.is_relative_to(root):
+            raise ArchiveError(
+                f"{folder}: {path.relative_to(folder).as_posix()} is a symbolic link to "
+                f"{target}, outside the source folder: refused"
+            )
+        if target.is_file():
+            files.append(path)
+    return files
 
 
 def file_digests(path: Path) -> tuple[str, str]:
@@ -288,8 +308,9 @@ def store_raw_files(archive: FetchedArchive, lake_url: str, dataset: str) -> Raw
     if lake.exists(f"{prefix}/{MANIFEST}"):
         logger.info("Raw %s %s already in the lake", dataset, archive.sha256[:12])
         return read_raw_dataset(lake, dataset, archive.sha256)
-    with _open_members(archive) as members:
-        _require_files(dataset, [name for name, _ in members], archive.source)
+    with _open_members(archive, load_settings().max_member_bytes) as found:
+        members = _known_members(dataset, found, archive.source, logger)
+        _require_files(dataset, [member.name for member in members], archive.source)
         files = _copy_members(lake, prefix, members)
     manifest = {
         "dataset": dataset,
@@ -316,46 +337,157 @@ def _require_files(dataset: str, names: list[str], source: str) -> None:
         raise ArchiveError(f"{source}: {dataset} file(s) {', '.join(missing)} missing")
 
 
-def _copy_members(
-    lake: Lake, prefix: str, members: list[tuple[str, Opener]]
-) -> tuple[RawFile, ...]:
+def _copy_members(lake: Lake, prefix: str, members: list[Member]) -> tuple[RawFile, ...]:
     """Copy each member; on any failure remove what was written, so nothing is half-stored."""
     written: list[RawFile] = []
     try:
-        for name, open_member in members:
-            key = f"{prefix}/{name}"
-            with open_member() as stream:
+        for member in members:
+            key = f"{prefix}/{member.name}"
+            with member.open() as stream:
                 sha256 = lake.put_stream(key, stream)
-            written.append(RawFile(file=name, size=lake.size(key), sha256=sha256))
+            written.append(RawFile(file=member.name, size=lake.size(key), sha256=sha256))
     except BaseException:
         lake.delete(prefix)
         raise
     return tuple(written)
 
 
+# The files GroupLens ships besides those catalog.py names, per layout: nothing else is stored.
+ML100K_EXTRAS = frozenset(
+    {"u.genre", "u.occupation", "u.info", "README", "allbut.pl", "mku.sh"}
+    | {f"u{fold}.{part}" for fold in (1, 2, 3, 4, 5, "a", "b") for part in ("base", "test")}
+)
+DOCUMENTATION = frozenset({"README", "README.txt", "README.html", "checksums.txt"})
+GENOME = frozenset({"genome-scores.csv", "genome-tags.csv"})
+LAYOUT_EXTRAS = {
+    Layout.ML100K: ML100K_EXTRAS,
+    Layout.DAT: DOCUMENTATION | {"allbut.pl", "split_ratings.sh"},
+    Layout.CSV: DOCUMENTATION | GENOME,
+}
+
+
+def known_files(dataset: str) -> frozenset[str]:
+    """The names of the files of ``dataset`` that are stored in the lake."""
+    member = movielens_set(dataset)
+    catalogued = {*member.parsed_files, *((member.tags_file,) if member.tags_file else ())}
+    return frozenset(catalogued) | LAYOUT_EXTRAS[member.layout]
+
+
+def _known_members(
+    dataset: str,
+    members: list[Member],
+    source: str,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+) -> list[Member]:
+    """The members that are files of ``dataset``; the others are left out, with a warning."""
+    known = known_files(dataset)
+    unknown = [member.name for member in members if member.name not in known]
+    if unknown:
+        logger.warning(
+            "%s: %d file(s) that are no %s file left out of the lake: %s",
+            source,
+            len(unknown),
+            dataset,
+            ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else ""),
+        )
+    return [member for member in members if member.name in known]
+
+
+@dataclass(frozen=True)
+class Member:
+    """One file of an archive or folder: its relative name and how to open it, bounded."""
+
+    name: str
+    size: int
+    opener: Opener
+    limit: int
+    label: str
+
+    def open(self) -> IO[bytes]:
+        if self.size > self.limit:
+            raise ArchiveError(self._too_large(self.size))
+        return cast(IO[bytes], BoundedReader(self.opener(), self.limit, self._too_large))
+
+    def _too_large(self, size: int) -> str:
+        return (
+            f"{self.label}: {self.name} holds {size} bytes or more, more than the {self.limit} "
+            "allowed by RECSYS_MAX_MEMBER_BYTES"
+        )
+
+
+class BoundedReader(io.RawIOBase):
+    """A binary stream that fails once more than ``limit`` bytes came out of ``inner``: a
+    member's declared size may lie, and a folder's file may grow while it is copied."""
+
+    def __init__(self, inner: IO[bytes], limit: int, message: Callable[[int], str]) -> None:
+        super().__init__()
+        self._inner, self._limit, self._message, self._read = inner, limit, message, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        allowed = self._limit + 1 - self._read  # one byte past the limit tells it is past
+        chunk = self._inner.read(allowed if size is None or size < 0 else min(size, allowed))
+        self._read += len(chunk)
+        if self._read > self._limit:
+            raise ArchiveError(self._message(self._read))
+        return chunk
+
+    def close(self) -> None:
+        self._inner.close()
+        super().close()
+
+
 @contextmanager
-def _open_members(archive: FetchedArchive) -> Iterator[list[tuple[str, Opener]]]:
-    """(relative name, opener) for every file, the archive's top folder stripped."""
+def _open_members(archive: FetchedArchive, limit: int) -> Iterator[list[Member]]:
+    """Every file of the archive or folder, by its name inside the member's top folder."""
     if archive.kind is SourceKind.FOLDER:
         root = Path(archive.path)
-        files = sorted(p for p in root.rglob("*") if p.is_file())
-        yield [(p.relative_to(root).as_posix(), partial(_open_binary, p)) for p in files]
+        yield [
+            Member(
+                p.relative_to(root).as_posix(),
+                p.stat().st_size,
+                partial(_open_binary, p),
+                limit,
+                archive.source,
+            )
+            for p in folder_files(root)
+        ]
         return
     with zipfile.ZipFile(archive.path) as handle:
-        names = [
-            info.filename
-            for info in handle.infolist()
-            if not info.is_dir() and not info.filename.startswith("__MACOSX/")
+        infos = [info for info in handle.infolist() if not info.filename.startswith("__MACOSX/")]
+        for info in infos:
+            _refuse_unsafe_path(info.filename, archive.source)
+        files = [info for info in infos if not info.is_dir()]
+        top = _common_top_folder([info.filename for info in files])
+        yield [
+            Member(
+                info.filename.removeprefix(top),
+                info.file_size,
+                partial(handle.open, info),
+                limit,
+                archive.source,
+            )
+            for info in files
         ]
-        yield [(_member_name(name, archive.source), partial(handle.open, name)) for name in names]
 
 
 def _open_binary(path: Path) -> IO[bytes]:
     return path.open("rb")
 
 
-def _member_name(name: str, source: str) -> str:
-    parts = PurePosixPath(name).parts
-    if any(part in {"..", ""} for part in parts) or name.startswith("/"):
-        raise ArchiveError(f"{source}: unsafe member path {name!r}")
-    return "/".join(parts[1:]) if len(parts) > 1 else parts[0]
+def _refuse_unsafe_path(name: str, source: str) -> None:
+    """A member path that is absolute or climbs out (``..``) is refused, whatever its name."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+        raise ArchiveError(f"{source}: unsafe member path {name!r} (absolute, or with '..')")
+
+
+def _common_top_folder(names: list[str]) -> str:
+    """``"<folder>/"`` when every name is inside that one folder (GroupLens's layout), else
+    ``""``: root-level members keep their names."""
+    tops = {name.split("/", 1)[0] for name in names}
+    if len(tops) == 1 and all("/" in name for name in names):
+        return f"{tops.pop()}/"
+    return ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
@@ -47,12 +48,23 @@ class Parsed:
 
     ``typed``: the fields already hold numbers (the fast reader's), not the text of each field.
     ``lines``: how many lines the file has, when the reader counted them.
+    ``removed_ids``: of a users or items file, the ids that only rejected lines hold.
     """
 
     rows: pl.DataFrame
     rejects: pl.DataFrame
     typed: bool = False
     lines: int | None = None
+    removed_ids: pl.Series | None = None
+
+
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark: some editors write it at a file's start
+NUL = "\x00"  # PostgreSQL's text cannot hold it
+
+
+def without_bom(data: bytes) -> bytes:
+    """``data`` without a leading UTF-8 byte-order mark (a copy only when it has one)."""
+    return data[len(BOM) :] if data.startswith(BOM) else data
 
 
 def count_lines(data: bytes, block: int = 1 << 26) -> int:
@@ -126,7 +138,33 @@ def read_fields(data: bytes, spec: FileSpec) -> Parsed:
         "line",
         *(pl.col("parts").list.get(i).alias(name) for i, name in enumerate(spec.columns)),
     )
+    if b"\x00" in data:
+        return without_nul_fields(Parsed(rows=rows, rejects=rejects), spec)
     return Parsed(rows=rows, rejects=rejects)
+
+
+def without_nul_fields(parsed: Parsed, spec: FileSpec) -> Parsed:
+    """Reject the rows with a NUL byte in a field, naming the first such field of each."""
+    holds_nul = [pl.col(name).str.contains(NUL, literal=True) for name in spec.columns]
+    first_field = pl.coalesce(
+        pl.when(nul).then(pl.lit(name)) for nul, name in zip(holds_nul, spec.columns, strict=True)
+    )
+    marked = parsed.rows.with_columns(first_field.alias("__nul_field"))
+    bad = marked.filter(pl.col("__nul_field").is_not_null())
+    rejects = bad.select(
+        pl.lit(spec.name).alias("file"),
+        pl.col("line"),
+        pl.col("__nul_field").alias("field"),
+        pl.coalesce(
+            pl.when(nul).then(pl.col(name))
+            for nul, name in zip(holds_nul, spec.columns, strict=True)
+        )
+        .str.replace_all(NUL, "\\0", literal=True)
+        .alias("value"),
+        pl.lit("holds a NUL byte (PostgreSQL text cannot store one)").alias("reason"),
+    ).cast(REJECT_SCHEMA)  # type: ignore[arg-type]
+    rows = marked.filter(pl.col("__nul_field").is_null()).drop("__nul_field")
+    return replace(parsed, rows=rows, rejects=pl.concat([parsed.rejects, rejects]))
 
 
 def read_typed_fields(data: bytes, spec: FileSpec, dtypes: dict[str, pl.DataType]) -> Parsed | None:
@@ -242,21 +280,66 @@ TIMESTAMP_MAX = 253_402_300_799  # 9999-12-31 23:59:59 UTC: PostgreSQL's timesta
 
 @dataclass(frozen=True)
 class KnownIds:
-    """The ids a ratings file may use, and the files that list them (no users file: any user)."""
+    """The ids a ratings file may use, and the files that list them (no users file: any user).
+
+    ``rejected_users`` / ``rejected_items``: the ids of the lines of those files that were
+    rejected; a rating of one is rejected as that line's consequence, not as a cause.
+    """
 
     items: pl.Series
     items_file: str
     users: pl.Series | None = None
     users_file: str = ""
+    rejected_users: pl.Series | None = None
+    rejected_items: pl.Series | None = None
+
+
+CONSEQUENCE_REASON = "rejected in"  # "user rejected in u.user": the reason of a consequence
+
+
+def rejected_in(noun: str, file: str) -> str:
+    """The reason of a rating rejected only because its user's or item's line was."""
+    return f"{noun} {CONSEQUENCE_REASON} {file}"
+
+
+def is_consequence() -> pl.Expr:
+    """True on the rejects that only follow from another reject (``rejected_in``'s reasons)."""
+    return pl.col("reason").str.contains(rf"^(user|item) {CONSEQUENCE_REASON} ")
+
+
+def rejected_ids(fields: Parsed, checked: Parsed, separator: str, field: str) -> pl.Series:
+    """The ids (of ``field``, the file's first column) of the rejected lines of a users or items
+    file whose id no accepted line holds: the users or items that the rejects removed.
+
+    ``fields``: the file's string fields; ``checked``: its accepted rows (``field`` typed) and
+    rejects."""
+    if not checked.rejects.height:
+        return pl.Series(field, [], pl.Int32)
+    lines = checked.rejects["line"].unique().implode()
+    of_lines = fields.rows.filter(pl.col("line").is_in(lines)).select(as_integer(field))
+    short_or_long = checked.rejects.filter(pl.col("field") == "line").select(
+        pl.col("value").str.split(separator).list.first().alias(field)
+    )
+    ids = pl.concat([of_lines, short_or_long.select(as_integer(field))])[field]
+    accepted = checked.rows[field].cast(pl.Int64).implode()
+    removed = ids.filter(ids.is_between(1, ID_MAX) & ~ids.is_in(accepted))
+    return removed.unique().sort().cast(pl.Int32)
 
 
 def rating_dtypes(half_stars: bool) -> dict[str, pl.DataType]:
     return {**RATING_DTYPES, "rating": pl.Float64()} if half_stars else RATING_DTYPES
 
 
-def check_ratings(parsed: Parsed, file: str, known: KnownIds, half_stars: bool = False) -> Parsed:
+def check_ratings(
+    parsed: Parsed,
+    file: str,
+    known: KnownIds,
+    half_stars: bool = False,
+    not_after: datetime | None = None,
+) -> Parsed:
     """Ratings with strict types and ranges (whole stars 1..5, or half stars 0.5..5.0), known
-    users and items, no duplicate (user, item) pairs; the rows come out in (user, item) order."""
+    users and items, no duplicate (user, item) pairs, no time later than ``not_after`` (the
+    fetch of the source; default now); the rows come out in (user, item) order."""
 
     def number(name: str, dtype: pl.DataType | None = None) -> pl.Expr:
         return pl.col(name) if parsed.typed else as_type(name, dtype or pl.Int64())
@@ -276,6 +359,7 @@ def check_ratings(parsed: Parsed, file: str, known: KnownIds, half_stars: bool =
         if known.users is not None
         else []
     )
+    latest = not_after or datetime.now(UTC)
     valid_ids = user.is_between(1, ID_MAX) & item.is_between(1, ID_MAX)
     rules = [
         Rule("user_id", user.is_between(1, ID_MAX), "user id must be a positive integer"),
@@ -286,6 +370,12 @@ def check_ratings(parsed: Parsed, file: str, known: KnownIds, half_stars: bool =
             number("timestamp").is_between(0, TIMESTAMP_MAX),
             "timestamp must be unix seconds from 1970 to 9999",
         ),
+        Rule(
+            "timestamp",
+            number("timestamp") <= int(latest.timestamp()),
+            f"timestamp is later than the fetch of the source ({latest:%Y-%m-%d %H:%M:%S} UTC)",
+        ),
+        *_consequence_rules(user, item, known),
         *known_user,
         Rule("item_id", item.is_in(known.items.implode()), f"item not in {known.items_file}"),
     ]
@@ -317,6 +407,18 @@ def check_ratings(parsed: Parsed, file: str, known: KnownIds, half_stars: bool =
     if checked.rejects.height or rows.select((pair_key().diff() == 0).any()).item():
         checked, rows = checked_rows([*rules, first_of_pair])
     return Parsed(rows=rows, rejects=checked.rejects, lines=parsed.lines)
+
+
+def _consequence_rules(user: pl.Expr, item: pl.Expr, known: KnownIds) -> list[Rule]:
+    """Ratings of a user or item whose own line was rejected (none when no line was)."""
+    rules = []
+    if known.rejected_users is not None and known.rejected_users.len():
+        rejected = known.rejected_users.implode()
+        rules.append(Rule("user_id", ~user.is_in(rejected), rejected_in("user", known.users_file)))
+    if known.rejected_items is not None and known.rejected_items.len():
+        rejected = known.rejected_items.implode()
+        rules.append(Rule("item_id", ~item.is_in(rejected), rejected_in("item", known.items_file)))
+    return rules
 
 
 CSV_FIELD = r'("(?:[^"]|"")*"|[^",]*)'  # a quoted field ("" inside is a quote) or a bare one
@@ -353,6 +455,8 @@ def read_csv_fields(data: bytes, spec: FileSpec) -> Parsed:
     rows = lines.filter(count_ok).select(
         "line", *(value.alias(name) for value, name in zip(values, spec.columns, strict=True))
     )
+    if b"\x00" in data:
+        return without_nul_fields(Parsed(rows=rows, rejects=rejects), spec)
     return Parsed(rows=rows, rejects=rejects)
 
 
@@ -377,3 +481,33 @@ def in_pair_order(frame: pl.DataFrame) -> pl.DataFrame:
     if frame.select(pair_key()).to_series().is_sorted():
         return frame
     return frame.lazy().sort(pair_key()).collect()
+
+
+FIRST_REJECTS = 5  # the root rejects a refusal names
+
+
+def describe_rejects(rejects: pl.DataFrame, limit: int) -> str:
+    """The first ``limit`` rejects, in file and line order, as "file line N field F ('value'):
+    reason"; empty when there are none."""
+    first = rejects.sort("file", "line").head(limit)
+    return "; ".join(
+        f"{r['file']} line {r['line']} field {r['field']} ({r['value']!r}): {r['reason']}"
+        for r in first.iter_rows(named=True)
+    )
+
+
+def describe_consequences(rejects: pl.DataFrame, limit: int) -> str:
+    """The consequences among ``rejects``, counted per user or item whose own line was rejected
+    ("403 ratings of user 7 (u.data)"), the largest first; empty when there are none."""
+    counts = (
+        rejects.filter(is_consequence())
+        .group_by("file", "field", "value")
+        .agg(pl.col("line").n_unique().alias("rows"))
+        .sort(["rows", "file", "field", "value"], descending=[True, False, False, False])
+    )
+    parts = [
+        f"{r['rows']} ratings of {r['field'].removesuffix('_id')} {r['value']} ({r['file']})"
+        for r in counts.head(limit).iter_rows(named=True)
+    ]
+    more = counts.height - limit
+    return ", ".join(parts) + (f" and {more} more users or items" if more > 0 else "")
