@@ -4,9 +4,6 @@ environment beyond ``RECSYS_HOME`` and the data source."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -16,36 +13,26 @@ from flows.pipeline import PipelineResult, where_to_look
 from tasks.config import load_settings
 from tasks.report.summary import ReportRecord
 from tasks.train.sweep import ChampionRecord
-
-REPO = Path(__file__).resolve().parents[2]
-FOREIGN = ("RECSYS_", "PREFECT_", "MLFLOW_", "THINGSBOARD_", "AWS_")
+from tests.pipeline_home import PipelineRun
 
 
 @pytest.mark.realdata
-def test_pipeline_main_runs_every_stage_on_the_embedded_defaults(
-    ml100k_dir: Path, tmp_path: Path
-) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN)}
-    env |= {"RECSYS_HOME": str(tmp_path / "home"), "RECSYS_MOVIELENS_SOURCE": str(ml100k_dir)}
-
-    done = subprocess.run(
-        [sys.executable, str(REPO / "flows" / "pipeline.py")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500,
-    )  # fmt: skip
+def test_pipeline_main_runs_every_stage_on_the_embedded_defaults(pipeline_run: PipelineRun) -> None:
+    done, home = pipeline_run.done, pipeline_run.home  # tests/pipeline_home.py: the one run
 
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()[-5:]
     assert lines[0].startswith("Report: ") and lines[0].endswith("report.md (plots beside it)")
     assert lines[1].startswith("Champion: movielens-recommender version 1")
     report_md = Path(lines[0].removeprefix("Report: ").split(" ")[0])
-    assert report_md.is_file() and report_md.is_relative_to(tmp_path / "home" / "reports")
+    assert report_md.is_file() and report_md.is_relative_to(home / "reports")
     text = report_md.read_text()
     assert "| ratings | 100000 |" in text and "| users | 943 |" in text
     assert "| items | 1682 |" in text and "| knn_tuned |" in text
     for name in ("rating_distribution", "long_tail", "genre_popularity", "heatmap_rmse"):
         assert (report_md.parent / f"{name}.png").is_file()
     for part in ("lake", "postgres", "mlflow", "prefect"):
-        assert (tmp_path / "home" / part).is_dir()
+        assert (home / part).is_dir()
     sweep = pl.read_csv(report_md.parent / "sweep.csv")
     # the default grid: 6 cluster counts x 4 neighbour counts of the hybrid, and every model
     assert sweep.filter(pl.col("kind") == "kmeans_knn").height == 24
