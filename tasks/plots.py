@@ -17,6 +17,14 @@ from matplotlib.image import AxesImage
 
 LOWER_IS_BETTER = frozenset({"rmse", "mae", "mse"})
 PAPER_MODEL = "paper (reported)"  # drawn like any other model
+METRIC_LABELS = {
+    "rmse": "RMSE", "mae": "MAE", "precision_at_10": "P@10", "recall_at_10": "R@10",
+    "ndcg_at_10": "NDCG@10", "map_at_10": "MAP@10", "coverage": "coverage",
+}  # fmt: skip
+SUMMARY_METRICS = ("rmse", "mae", "precision_at_10", "recall_at_10", "ndcg_at_10")
+# The age groups MovieLens 1M uses (ml-100k has exact ages): lower bounds and labels.
+AGE_GROUPS = ((1, "<18"), (18, "18-24"), (25, "25-34"), (35, "35-44"), (45, "45-49"),
+              (50, "50-55"), (56, "56+"))  # fmt: skip
 
 
 def _lower_is_better(metric: str) -> bool:
@@ -37,8 +45,9 @@ def _annotate_cells(ax: Axes, image: AxesImage, grid: np.ndarray) -> None:
         ax.text(col, row, text, ha="center", va="center", color=colour, fontsize=8)
 
 
-def sweep_heatmap(sweep: pl.DataFrame, metric: str, kind: str) -> Figure:
-    """Grid of ``metric`` for one ``kind``: rows n_clusters, columns n_neighbors (ascending)."""
+def sweep_heatmap(sweep: pl.DataFrame, metric: str, kind: str, name: str | None = None) -> Figure:
+    """Grid of ``metric`` for one ``kind`` (titled ``name``, default the kind): rows
+    n_clusters, columns n_neighbors (ascending)."""
     rows = sweep.filter(pl.col("kind") == kind)
     if rows.is_empty():
         raise ValueError(f"no sweep rows of kind {kind!r}")
@@ -58,7 +67,7 @@ def sweep_heatmap(sweep: pl.DataFrame, metric: str, kind: str) -> Figure:
     ax.set_yticks(range(len(clusters)), [str(k) for k in clusters])
     ax.set_xlabel("n_neighbors")
     ax.set_ylabel("n_clusters")
-    ax.set_title(f"{metric} of {kind}: clusters x neighbours")
+    ax.set_title(f"{metric} of {name or kind}: clusters x neighbours")
     return figure
 
 
@@ -67,8 +76,10 @@ def elbow_plot(
     inertia: list[float],
     silhouette: list[float | None],
     chosen: int | None = None,
+    what: str | None = None,
 ) -> Figure:
-    """Inertia (left axis) and silhouette (right axis, None skipped) against the cluster count."""
+    """Inertia (left axis) and silhouette (right axis, None skipped) against the cluster count;
+    ``what`` was clustered (in the title)."""
     figure = _new_figure()
     ax = figure.add_subplot()
     ax.plot(n_clusters, inertia, marker="o", color="tab:blue", label="inertia")
@@ -89,12 +100,13 @@ def elbow_plot(
         ax.axvline(chosen, color="grey", linestyle="--", label=f"chosen k = {chosen}")
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=3)
-    ax.set_title("K-Means elbow: inertia and silhouette")
+    ax.set_title("K-Means elbow: inertia and silhouette" + (f"\nclustered: {what}" if what else ""))
     return figure
 
 
-def cluster_sizes_plot(sizes: dict[int, list[int]]) -> Figure:
-    """Per cluster count k (ascending), a boxplot of members per cluster with the points on top."""
+def cluster_sizes_plot(sizes: dict[int, list[int]], what: str | None = None) -> Figure:
+    """Per cluster count k (ascending), a boxplot of members per cluster with the points on
+    top; ``what`` was clustered (in the title)."""
     ks = sorted(sizes)
     figure = _new_figure(max(5.0, 0.7 * len(ks) + 2.0), 4.5)
     ax = figure.add_subplot()
@@ -105,7 +117,7 @@ def cluster_sizes_plot(sizes: dict[int, list[int]]) -> Figure:
     ax.set_xticks(positions, [str(k) for k in ks])
     ax.set_xlabel("number of clusters k")
     ax.set_ylabel("members per cluster")
-    ax.set_title("Cluster sizes per cluster count")
+    ax.set_title("Cluster sizes per cluster count" + (f"\nclustered: {what}" if what else ""))
     return figure
 
 
@@ -129,14 +141,59 @@ def _metric_bars(ax: Axes, models: pl.DataFrame, metric: str, label: str) -> Non
     ax.margins(x=0.2)
 
 
-def model_comparison_plot(models: pl.DataFrame) -> Figure:
-    """RMSE (lower is better) and NDCG@10 side by side, each sorted best-first."""
-    figure = _new_figure(11.0, 0.5 + 0.45 * max(models.height, 4))
-    rmse_ax, ndcg_ax = figure.subplots(1, 2)
-    _metric_bars(rmse_ax, models, "rmse", "RMSE")
-    _metric_bars(ndcg_ax, models, "ndcg_at_10", "NDCG@10")
-    rmse_ax.set_ylabel("model")
-    figure.suptitle("Model comparison (best first)")
+def model_comparison_plot(models: pl.DataFrame, metrics: tuple[str, ...] | None = None) -> Figure:
+    """One panel per metric (default: those of RMSE, MAE, P@10, R@10, NDCG@10 that ``models``
+    has), each sorted best-first."""
+    shown = metrics or tuple(m for m in SUMMARY_METRICS if m in models.columns)
+    columns = min(3, len(shown))
+    rows = math.ceil(len(shown) / columns)
+    figure = _new_figure(5.5 * columns, rows * (0.8 + 0.45 * max(models.height, 4)))
+    axes = list(np.atleast_1d(figure.subplots(rows, columns)).ravel())
+    for spare in axes[len(shown) :]:
+        figure.delaxes(spare)
+    for ax, metric in zip(axes, shown, strict=False):
+        _metric_bars(ax, models, metric, METRIC_LABELS.get(metric, metric))
+    for ax in axes[: len(shown) : columns]:
+        ax.set_ylabel("model")
+    figure.suptitle("Metrics summary: each model's best configuration (best first; "
+                    "RMSE, MAE lower is better, the others higher)")  # fmt: skip
+    return figure
+
+
+def cluster_tradeoff_plot(tradeoff: pl.DataFrame, name: str) -> Figure:
+    """Fit seconds per fold (x) against RMSE (y), one point per cluster count, annotated with
+    it and joined in cluster order: what clusters cost and buy."""
+    figure = _new_figure()
+    ax = figure.add_subplot()
+    frame = tradeoff.sort("n_clusters")
+    seconds = frame["fit_seconds"].cast(pl.Float64).to_numpy()
+    rmse = frame["rmse"].cast(pl.Float64).to_numpy()
+    ax.plot(seconds, rmse, color="tab:grey", linewidth=0.8, zorder=1)
+    ax.scatter(seconds, rmse, color="tab:blue", zorder=2)
+    for k, x, y in zip(frame["n_clusters"].to_list(), seconds, rmse, strict=True):
+        ax.annotate(f"k={k}", (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("fit seconds per fold (mean)")
+    ax.set_ylabel("RMSE (best over neighbour counts)")
+    ax.set_title(f"{name}: fit time against RMSE per cluster count k")
+    ax.margins(0.15)
+    return figure
+
+
+def cold_start_plot(starts: pl.DataFrame, names: dict[str, str]) -> Figure:
+    """NDCG@10 of new users against the number of ratings k they gave, one line per method
+    (``names``: method -> label)."""
+    figure = _new_figure()
+    ax = figure.add_subplot()
+    for method, label in names.items():
+        rows = starts.filter(pl.col("method") == method).sort("k")
+        if rows.is_empty():
+            continue
+        ax.plot(rows["k"].to_list(), rows["ndcg_at_10"].to_list(), marker="o", label=label)
+    ax.set_xticks(sorted(starts["k"].unique().to_list()))
+    ax.set_xlabel("ratings the new user gave (k, first by time)")
+    ax.set_ylabel("NDCG@10 (mean over folds)")
+    ax.set_title("Cold start: new users folded in from their first k ratings")
+    ax.legend()
     return figure
 
 
@@ -211,6 +268,84 @@ def genre_popularity_plot(
     ax.set_xlabel("number of ratings")
     ax.set_ylabel("genre")
     ax.set_title("Genre popularity (mean rating annotated)")
+    return figure
+
+
+def item_mean_vs_count_plot(ratings: pl.DataFrame) -> Figure:
+    """One point per item: its number of ratings (log x) against its mean rating."""
+    per_item = ratings.group_by("item_id").agg(
+        pl.len().alias("count"), pl.col("rating").cast(pl.Float64).mean().alias("mean")
+    )
+    return _scatter(per_item, "ratings of the item (log scale)", "mean rating of the item",
+                    "Items: popularity against mean rating", "tab:purple")  # fmt: skip
+
+
+def user_activity_vs_mean_plot(ratings: pl.DataFrame) -> Figure:
+    """One point per user: the number of ratings they gave (log x) against their mean."""
+    per_user = ratings.group_by("user_id").agg(
+        pl.len().alias("count"), pl.col("rating").cast(pl.Float64).mean().alias("mean")
+    )
+    return _scatter(per_user, "ratings the user gave (log scale)", "mean rating the user gave",
+                    "Users: activity against mean rating", "tab:green")  # fmt: skip
+
+
+def _scatter(frame: pl.DataFrame, xlabel: str, ylabel: str, title: str, colour: str) -> Figure:
+    figure = _new_figure()
+    ax = figure.add_subplot()
+    ax.scatter(frame["count"].to_numpy(), frame["mean"].to_numpy(), s=8, alpha=0.4, color=colour)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title} ({frame.height:,} points)")
+    return figure
+
+
+def age_group_labels(ages: pl.Expr) -> pl.Expr:
+    """The MovieLens 1M age group of each age."""
+    bounds = [lower for lower, _ in AGE_GROUPS[1:]]
+    return ages.cut([b - 0.5 for b in bounds], labels=[label for _, label in AGE_GROUPS])
+
+
+def ratings_by_demographics_plot(ratings: pl.DataFrame, users: pl.DataFrame) -> Figure:
+    """Mean rating (bars, number of ratings annotated) by the rater's age group, gender and
+    occupation."""
+    joined = (
+        ratings.select(pl.col("user_id").cast(pl.Int64), pl.col("rating").cast(pl.Float64))
+        .join(
+            users.select(pl.col("user_id").cast(pl.Int64), "age", "gender", "occupation"),
+            on="user_id",
+        )
+        .with_columns(age_group_labels(pl.col("age").cast(pl.Float64)).alias("age group"))
+    )
+    figure = _new_figure(15.0, 6.5)
+    grid = figure.add_gridspec(1, 3, width_ratios=[1, 0.6, 1.6])
+    for position, column in enumerate(("age group", "gender", "occupation")):
+        ax = figure.add_subplot(grid[0, position])
+        groups = (
+            joined.filter(pl.col(column).is_not_null())
+            .group_by(column)
+            .agg(pl.len().alias("count"), pl.col("rating").mean().alias("mean"))
+        )
+        if column == "age group":
+            order = [label for _, label in AGE_GROUPS]
+            groups = (
+                groups.with_columns(pl.col(column).cast(pl.String))
+                .filter(pl.col(column).is_in(order))
+                .sort(pl.col(column).replace_strict(order, list(range(len(order)))))
+            )
+        else:
+            groups = groups.sort("mean")
+        positions = range(groups.height)
+        bars = ax.barh(positions, groups["mean"].to_list(), color="tab:blue")
+        ax.bar_label(bars, labels=[f"{m:.2f} (n={n:,})" for m, n in
+                                   groups.select("mean", "count").rows()],
+                     padding=3, fontsize=7)  # fmt: skip
+        ax.set_yticks(positions, [str(v) for v in groups[column].to_list()])
+        ax.set_xlim(1, 5.9)
+        ax.set_xlabel("mean rating")
+        ax.set_ylabel(column)
+        ax.set_title(f"by {column}")
+    figure.suptitle("Ratings by the rater's age group, gender and occupation")
     return figure
 
 

@@ -13,14 +13,19 @@ from matplotlib.patches import Rectangle
 
 from tasks.plots import (
     cluster_sizes_plot,
+    cluster_tradeoff_plot,
+    cold_start_plot,
     elbow_plot,
     feature_importance_plot,
     genre_popularity_plot,
+    item_mean_vs_count_plot,
     long_tail_plot,
     model_comparison_plot,
     rating_distribution_plot,
+    ratings_by_demographics_plot,
     save_figure,
     sweep_heatmap,
+    user_activity_vs_mean_plot,
 )
 
 # Rows deliberately out of order; the "item" rows must be ignored by a "user" heatmap.
@@ -215,6 +220,85 @@ def test_save_figure_writes_a_png_and_creates_folders(tmp_path: Path) -> None:
     assert len(data) > 1000
 
 
+USERS = pl.DataFrame(
+    {"user_id": [1, 2, 3], "age": [17, 30, 30], "gender": ["F", "M", "F"],
+     "occupation": ["student", "writer", "writer"]},
+    schema={"user_id": pl.Int32, "age": pl.Int16, "gender": pl.String, "occupation": pl.String},
+)  # fmt: skip
+TRADEOFF = pl.DataFrame(
+    {"n_clusters": [4, 1, 16], "rmse": [0.91, 0.90, 0.93], "fit_seconds": [1.0, 2.0, 0.5]}
+)
+COLD_START = pl.DataFrame(
+    {"method": ["kmeans", "kmeans", "popularity", "popularity"], "k": [3, 0, 0, 3],
+     "ndcg_at_10": [0.20, 0.13, 0.12, 0.14]}
+)  # fmt: skip
+
+
+def test_model_comparison_draws_the_five_summary_metrics() -> None:
+    models = pl.DataFrame(
+        {"model": ["a", "b"], "rmse": [0.9, 1.0], "mae": [0.7, 0.8], "precision_at_10": [0.3, 0.1],
+         "recall_at_10": [0.2, 0.1], "ndcg_at_10": [0.4, 0.2], "coverage": [0.1, 0.2]}
+    )  # fmt: skip
+
+    axes = model_comparison_plot(models).axes
+
+    assert [ax.get_title() for ax in axes] == ["RMSE", "MAE", "P@10", "R@10", "NDCG@10"]
+    assert bar_widths(axes[2]) == pytest.approx([0.3, 0.1])
+    assert tick_labels(axes[1], "y") == ["a", "b"]
+
+
+def test_cluster_tradeoff_puts_each_cluster_count_at_its_seconds_and_rmse() -> None:
+    ax = cluster_tradeoff_plot(TRADEOFF, "K-Means KNN (tuned)").axes[0]
+
+    points = np.asarray(ax.collections[0].get_offsets()).tolist()
+    assert points == [[2.0, 0.90], [1.0, 0.91], [0.5, 0.93]]  # k = 1, 4, 16
+    assert [text.get_text() for text in ax.texts] == ["k=1", "k=4", "k=16"]
+    assert ax.get_xlabel() == "fit seconds per fold (mean)"
+    assert ax.get_title().startswith("K-Means KNN (tuned): fit time against RMSE")
+
+
+def test_cold_start_plot_draws_ndcg_against_k_per_method() -> None:
+    ax = cold_start_plot(COLD_START, {"popularity": "Popularity", "kmeans": "K-Means fold-in",
+                                      "item_knn": "item-KNN fold-in"}).axes[0]  # fmt: skip
+
+    lines = {line.get_label(): line for line in ax.lines}
+    assert sorted(lines) == ["K-Means fold-in", "Popularity"]  # no rows: no line
+    assert np.asarray(lines["K-Means fold-in"].get_xdata()).tolist() == [0, 3]
+    assert np.asarray(lines["K-Means fold-in"].get_ydata()).tolist() == [0.13, 0.20]
+    assert ax.get_ylabel() == "NDCG@10 (mean over folds)"
+
+
+def test_item_and_user_scatters_are_counts_against_means() -> None:
+    items_ax = item_mean_vs_count_plot(RATINGS).axes[0]
+    users_ax = user_activity_vs_mean_plot(RATINGS).axes[0]
+
+    items = sorted(map(tuple, np.asarray(items_ax.collections[0].get_offsets()).tolist()))
+    users = sorted(map(tuple, np.asarray(users_ax.collections[0].get_offsets()).tolist()))
+    # items: 1 -> 5, 1, 5; 2 -> 3; 3 -> 4, 2; users: 1 -> 5, 3, 4; 2 -> 1, 2; 3 -> 5
+    assert items == [(1, 3.0), (2, 3.0), (3, pytest.approx(11 / 3))]
+    assert users == [(1, 5.0), (2, 1.5), (3, 4.0)]
+    assert items_ax.get_xscale() == users_ax.get_xscale() == "log"
+
+
+def test_ratings_by_demographics_means_by_hand() -> None:
+    age_ax, gender_ax, occupation_ax = ratings_by_demographics_plot(RATINGS, USERS).axes
+
+    # user 1 (17, F, student): 5, 3, 4; user 2 (30, M, writer): 1, 2; user 3 (30, F, writer): 5
+    assert tick_labels(age_ax, "y") == ["<18", "25-34"]
+    assert bar_widths(age_ax) == pytest.approx([4.0, 8 / 3])
+    assert dict(zip(tick_labels(gender_ax, "y"), bar_widths(gender_ax), strict=True)) == {
+        "M": pytest.approx(1.5), "F": pytest.approx(4.25)
+    }  # fmt: skip
+    assert [t.get_text() for t in occupation_ax.texts] == ["2.67 (n=3)", "4.00 (n=3)"]
+
+
+def test_cluster_plots_say_what_was_clustered() -> None:
+    sizes = cluster_sizes_plot({2: [1, 2]}, what="users").axes[0]
+    elbow = elbow_plot([2, 4], [2.0, 1.0], [0.1, 0.2], what="users").axes[0]
+
+    assert "clustered: users" in sizes.get_title() and "clustered: users" in elbow.get_title()
+
+
 def test_every_figure_has_titles_and_axis_labels() -> None:
     models = pl.DataFrame({"model": ["a"], "rmse": [1.0], "ndcg_at_10": [0.5]})
     figures: list[Figure] = [
@@ -226,6 +310,11 @@ def test_every_figure_has_titles_and_axis_labels() -> None:
         rating_distribution_plot(RATINGS),
         long_tail_plot(RATINGS),
         genre_popularity_plot(RATINGS, ITEM_GENRES, GENRES),
+        cluster_tradeoff_plot(TRADEOFF, "m"),
+        cold_start_plot(COLD_START, {"kmeans": "K-Means fold-in"}),
+        item_mean_vs_count_plot(RATINGS),
+        user_activity_vs_mean_plot(RATINGS),
+        ratings_by_demographics_plot(RATINGS, USERS),
     ]
     for figure in figures:
         main = figure.axes[0]

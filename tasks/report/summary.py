@@ -29,6 +29,7 @@ from tasks.report.thingsboard import (
     telemetry_messages,
     telemetry_values,
 )
+from tasks.train.sweep import COLD_START_NAMES, METRIC_LABELS, cluster_tradeoff
 from tasks.train.tracking import (
     CHAMPION,
     EXPERIMENT,
@@ -36,8 +37,15 @@ from tasks.train.tracking import (
     alias_for,
     champion_model_version,
     configure_mlflow,
+    experiment_url,
 )
-from tasks.train.units import LOWER_IS_BETTER, METRICS
+from tasks.train.units import (
+    LOWER_IS_BETTER,
+    METRICS,
+    MODEL_NAMES,
+    PAPER_REPORTED,
+    display_name,
+)
 from tasks.warehouse.connection import database_url
 from tasks.warehouse.queries import export_frame, table_counts
 from tasks.warehouse.schema import migrate
@@ -53,7 +61,47 @@ FAMILIES: dict[str, str] = {
     "popularity": "popularity",
     "implicit_knn": "knn_implicit",
 }
-SWEEP_COLUMNS = ("kind", "n_clusters", "n_neighbors", *METRICS, "fit_seconds")
+SWEEP_COLUMNS = ("model", "n_clusters", "n_neighbors", *METRICS, "fit_seconds")
+# Every figure of the report, defined in a line (the plain names, as in every table).
+METRIC_DEFINITIONS = {
+    "rmse": "RMSE: root mean squared error of the predicted against the actual test ratings "
+    "(stars; lower is better).",
+    "mae": "MAE: mean absolute error of the predicted test ratings (stars; lower is better).",
+    "precision_at_10": "P@10: the share of a user's top 10 recommendations that are relevant "
+    "(a test rating of 4 or more), averaged over users with a relevant test item.",
+    "recall_at_10": "R@10: the share of a user's relevant test items found in their top 10, "
+    "averaged over those users.",
+    "ndcg_at_10": "NDCG@10: the top 10's discounted gain of relevant items (1/log2(rank+1)) "
+    "divided by the best possible; 1 puts every relevant item first.",
+    "map_at_10": "MAP@10: mean over users of the average precision at each relevant item's "
+    "rank within the top 10.",
+    "coverage": "coverage: the share of the catalogue that appears in some user's top 10.",
+    "fit_seconds": "fit_seconds: seconds to fit the model on one fold's training ratings "
+    "(mean over folds).",
+    "k": "k (cold start): how many ratings a new user gave, their first by time, when folded "
+    "in without a refit.",
+}
+# What each figure shows, under it in report.md.
+PLOT_CAPTIONS = {
+    "rating_distribution": "How many ratings of each star value.",
+    "long_tail": "Ratings per user and per item, most active first: a few carry most ratings.",
+    "genre_popularity": "Ratings per genre, with the genre's mean rating.",
+    "item_mean_vs_count": "Each item's mean rating against how often it was rated: rarely "
+    "rated items scatter widely, popular ones sit above the average.",
+    "user_activity_vs_mean": "Each user's mean rating against how many ratings they gave.",
+    "ratings_by_demographics": "Mean rating (and number of ratings) by the rater's age "
+    "group, gender and occupation.",
+    "heatmap_rmse": "RMSE of the tuned model over cluster and neighbour counts.",
+    "heatmap_ndcg_at_10": "NDCG@10 of the tuned model over cluster and neighbour counts.",
+    "cluster_tradeoff": "What clusters cost and buy: fit seconds against RMSE per cluster "
+    "count, from the sweep's own timings.",
+    "elbow": "K-Means of users on their rating rows: inertia and silhouette per cluster count.",
+    "cluster_sizes": "Users per cluster for each cluster count of that K-Means.",
+    "model_comparison": "Metrics summary: RMSE, MAE, P@10, R@10 and NDCG@10 of each model's "
+    "best configuration.",
+    "forest_importances": "The Random Forest's largest feature importances.",
+    "cold_start": "New users: NDCG@10 against the number of ratings they gave, per method.",
+}
 
 
 class ReportError(RuntimeError):
@@ -71,6 +119,7 @@ class SweepSummary(BaseModel):
     selection_metric: str
     ended_ms: int
     table_csv: str
+    experiment_url: str = ""
 
     def table(self) -> pl.DataFrame:
         return pl.read_csv(self.table_csv.encode())
@@ -140,6 +189,7 @@ def latest_sweep(client: MlflowClient, dataset: str, run_id: str | None = None) 
         selection_metric=json.loads(run.data.params.get("selection_metric", '"rmse"')),
         ended_ms=int(run.info.end_time or run.info.start_time),
         table_csv=table_csv,
+        experiment_url=experiment_url(client.tracking_uri, str(run.info.experiment_id)),
     )
 
 
@@ -158,26 +208,33 @@ def champion_summary(client: MlflowClient, dataset: str) -> ChampionSummary | No
     )
 
 
-def family_metrics(sweep: pl.DataFrame, metric: str) -> dict[str, dict[str, float | None]]:
-    """Per model family, the metrics of its best configuration by ``metric`` (by NDCG@10 for
-    a ranking-only family such as popularity, which predicts no ratings)."""
-    families: dict[str, dict[str, float | None]] = {}
+def model_metrics(sweep: pl.DataFrame, metric: str) -> dict[str, dict[str, float | None]]:
+    """Per model kind, the metrics of its best configuration by ``metric`` (by NDCG@10 for
+    a ranking-only model such as popularity, which predicts no ratings)."""
+    models: dict[str, dict[str, float | None]] = {}
     for (kind,), rows in sweep.group_by("kind", maintain_order=True):
         by = metric if rows[metric].is_not_null().any() else "ndcg_at_10"
         ranked = rows.filter(pl.col(by).is_not_null())
         if ranked.is_empty():
             continue
         best = ranked.sort(by, descending=by not in LOWER_IS_BETTER).row(0, named=True)
-        families[FAMILIES.get(str(kind), str(kind))] = {m: best.get(m) for m in METRICS}
-    return families
+        models[str(kind)] = {m: best.get(m) for m in METRICS}
+    return models
+
+
+def family_metrics(sweep: pl.DataFrame, metric: str) -> dict[str, dict[str, float | None]]:
+    """:func:`model_metrics` keyed by the telemetry's model family (``knn_tuned``)."""
+    return {FAMILIES.get(kind, kind): m for kind, m in model_metrics(sweep, metric).items()}
 
 
 def dataset_frames(url: str, dataset: str) -> dict[str, pl.DataFrame]:
-    """The ratings (user, item, stars), item genres and genre names of ``dataset``."""
+    """The ratings (user, item, stars), item genres, genre names and users (age, gender,
+    occupation) of ``dataset``."""
     queries = {
         "ratings": "SELECT user_id, item_id, rating FROM movielens.ratings WHERE dataset = %s",
         "item_genres": "SELECT item_id, genre_id FROM movielens.item_genres WHERE dataset = %s",
         "genres": "SELECT genre_id, name FROM movielens.genres WHERE dataset = %s",
+        "users": "SELECT user_id, age, gender, occupation FROM movielens.users WHERE dataset = %s",
     }
     return {name: export_frame(url, query, (dataset,)) for name, query in queries.items()}
 
@@ -194,20 +251,24 @@ def report_markdown(
     counts: dict[str, int],
     stars: dict[float, int],
     images: list[str],
-    by_family: dict[str, dict[str, float | None]],
+    by_model: dict[str, dict[str, float | None]],
+    cold_start: pl.DataFrame | None = None,
     top: int = 10,
 ) -> str:
-    """The report's tables: dataset, models by family (``family_metrics``), best
-    configurations, champion."""
+    """The report: what the sweep found in words, the metrics defined, then the tables
+    (dataset, models by ``model_metrics``, best configurations, cold start, champion) and the
+    plots with a caption each. Models go by one display name everywhere."""
     table = sweep.table()
     metric = sweep.selection_metric
-    families = pl.DataFrame(
-        [{"model": family, **metrics} for family, metrics in by_family.items()]
-        + [{"model": "paper (reported)", "rmse": PAPER_RMSE}],
+    models = pl.DataFrame(
+        [{"model": display_name(kind), **metrics} for kind, metrics in by_model.items()]
+        + [{"model": PAPER_REPORTED, "rmse": PAPER_RMSE}],
         infer_schema_length=None,
-    )
-    best = table.filter(pl.col(metric).is_not_null()).sort(
-        metric, descending=metric not in LOWER_IS_BETTER
+    ).sort(metric, descending=metric not in LOWER_IS_BETTER, nulls_last=True)
+    best = named_models(
+        table.filter(pl.col(metric).is_not_null()).sort(
+            metric, descending=metric not in LOWER_IS_BETTER
+        )
     )
     shown = [c for c in SWEEP_COLUMNS if c in best.columns]
     ended = datetime.fromtimestamp(sweep.ended_ms / 1000, tz=UTC)
@@ -216,6 +277,15 @@ def report_markdown(
         "",
         f"Sweep MLflow run `{sweep.run_id}`, finished {ended:%Y-%m-%d %H:%M} UTC, "
         f"dataset version `{sweep.dataset_version}`, selection metric `{metric}`.",
+        *([f"Its runs in the MLflow UI: {sweep.experiment_url}"] if sweep.experiment_url else []),
+        "",
+        "## What the sweep found",
+        "",
+        *(f"- {finding}" for finding in findings(table, by_model, metric, cold_start)),
+        "",
+        "## Metrics",
+        "",
+        *(f"- {definition}" for definition in METRIC_DEFINITIONS.values()),
         "",
         "## Dataset",
         "",
@@ -225,51 +295,195 @@ def report_markdown(
             pl.DataFrame({"stars": [f"{s:g}" for s in stars], "ratings": list(stars.values())})
         ),
         "",
-        f"## Models: the best configuration of each family by {metric}",
+        f"## Models: the best configuration of each by {metric}",
         "",
-        *markdown_table(families),
+        *markdown_table(labelled(models)),
         "",
+        *model_notes(by_model),
         f"## Sweep: the {top} best configurations",
         "",
-        *markdown_table(best.select(shown).head(top)),
-        "",
-        "## Champion",
+        *markdown_table(labelled(best.select(shown).head(top))),
         "",
     ]
+    if cold_start is not None and not cold_start.is_empty():
+        lines += cold_start_section(cold_start)
+    lines += ["## Champion", ""]
     if champion is None:
         alias = alias_for(CHAMPION, sweep.dataset)
         lines.append(f"No version of `{REGISTERED_MODEL}` holds the alias `{alias}` yet.")
     else:
         lines += [
-            f"`{REGISTERED_MODEL}` version {champion.version} "
+            f"`{REGISTERED_MODEL}` version {champion.version}: "
+            f"{display_name(champion.params.get('kind', '?'))} "
             f"(dataset version `{champion.dataset_version}`, run `{champion.run_id}`).",
             "",
-            *markdown_table(
-                pl.DataFrame(
-                    {
-                        "name": [*champion.params, *champion.metrics],
-                        "value": [
-                            *champion.params.values(),
-                            *(f"{v:.4f}" for v in champion.metrics.values()),
-                        ],
-                    }
-                )
-            ),
+            *markdown_table(champion_table(champion)),
         ]
     if images:
-        lines += ["", "## Plots", ""] + [f"![{Path(i).stem}]({i})" for i in images]
-    return "\n".join(lines) + "\n"
+        lines += ["", "## Plots", ""]
+        order = list(PLOT_CAPTIONS)
+        ranked = sorted(images, key=lambda i: (order.index(Path(i).stem)
+                                                if Path(i).stem in order else len(order), i))  # fmt: skip
+        for image in ranked:
+            lines += [f"![{Path(image).stem}]({image})", "",
+                      PLOT_CAPTIONS.get(Path(image).stem, ""), ""]  # fmt: skip
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def champion_table(champion: ChampionSummary) -> pl.DataFrame:
+    """The champion's settings (its kind as the model's display name) and metrics."""
+    settings = {k: v for k, v in champion.params.items() if k != "kind"}
+    return pl.DataFrame(
+        {
+            "name": ["model", *settings, *(METRIC_LABELS.get(m, m) for m in champion.metrics)],
+            "value": [
+                display_name(champion.params.get("kind", "?")), *settings.values(),
+                *(f"{v:.4f}" for v in champion.metrics.values()),
+            ],
+        }
+    )  # fmt: skip
+
+
+def labelled(frame: pl.DataFrame) -> pl.DataFrame:
+    """Metric columns under the labels the definitions use (``precision_at_10`` -> P@10)."""
+    return frame.rename({c: METRIC_LABELS[c] for c in frame.columns if c in METRIC_LABELS})
+
+
+def named_models(table: pl.DataFrame) -> pl.DataFrame:
+    """The sweep table with its ``kind`` column as the models' display names (``model``)."""
+    return table.with_columns(
+        pl.col("kind").replace_strict(MODEL_NAMES, default=pl.col("kind")).alias("model")
+    ).drop("kind")
+
+
+def findings(
+    table: pl.DataFrame,
+    by_model: dict[str, dict[str, float | None]],
+    metric: str,
+    cold_start: pl.DataFrame | None,
+) -> list[str]:
+    """What the sweep found, a sentence or two per finding."""
+    said = []
+    rated = {k: float(v) for k, m in by_model.items() if (v := m.get(metric)) is not None}
+    if rated:
+        best = (min if metric in LOWER_IS_BETTER else max)(rated, key=rated.__getitem__)
+        said.append(f"The best model by {metric} is {display_name(best)} "
+                    f"({metric} {rated[best]:.4f}).")  # fmt: skip
+    said += cluster_findings(table)
+    if cold_start is not None and not cold_start.is_empty():
+        said.append(cold_start_finding(cold_start))
+    return said
+
+
+def cluster_findings(table: pl.DataFrame) -> list[str]:
+    """Clusters in words: what they cost in RMSE and buy in fit time, from the sweep's own
+    figures (the tuned model, its best neighbour count per cluster count)."""
+    if "kmeans_knn" not in table["kind"].to_list():
+        return []
+    tradeoff = cluster_tradeoff(table).filter(pl.col("rmse").is_not_null())
+    if tradeoff.height < 2:
+        return ["The sweep tried one cluster count only: it says nothing about clusters."]
+    first, last = tradeoff.row(0, named=True), tradeoff.row(-1, named=True)
+    best = tradeoff.sort("rmse").row(0, named=True)
+    costs = last["rmse"] - first["rmse"]
+    speed = first["fit_seconds"] / max(last["fit_seconds"], 1e-9)
+    accuracy = "cost accuracy" if costs > 0 else "gain accuracy"
+    pace = "buy speed" if speed > 1 else "buy no speed"
+    return [
+        f"Clusters {accuracy} on this data and {pace}: from k={first['n_clusters']} to "
+        f"k={last['n_clusters']} clusters the tuned model's RMSE goes from "
+        f"{first['rmse']:.4f} to {last['rmse']:.4f} ({costs:+.4f}) and a fit per fold from "
+        f"{first['fit_seconds']:.2f} s to {last['fit_seconds']:.2f} s ({speed:.1f}x faster). "
+        f"The best RMSE is at k={best['n_clusters']} ({best['rmse']:.4f}). (The sweep fits "
+        f"k={first['n_clusters']} first on each fold, so its time also holds the components "
+        "the other cluster counts reuse from the component cache.)",
+    ]
+
+
+def model_notes(by_model: dict[str, dict[str, float | None]]) -> list[str]:
+    """Why a figure of the models table reads as it does."""
+    notes = []
+    if "paper" in by_model:
+        notes.append(
+            f"{MODEL_NAMES['paper']} ranks by its predicted rating, which the rating scale "
+            "clips at 5: many unseen items tie at 5.0, so its top 10 is an arbitrary draw "
+            "among them and its P@10, R@10 and NDCG@10 are near zero. Compare it by RMSE "
+            f"and MAE only; {PAPER_REPORTED} is the RMSE the paper published."
+        )
+    if "popularity" in by_model:
+        notes.append(f"{MODEL_NAMES['popularity']} predicts no ratings: it has no RMSE or MAE.")
+    return [line for note in notes for line in (note, "")]
+
+
+def cold_start_section(cold_start: pl.DataFrame) -> list[str]:
+    order = list(COLD_START_NAMES)
+    named = (
+        cold_start.sort(
+            pl.col("method").replace_strict(order, list(range(len(order))), default=len(order)), "k"
+        )  # fmt: skip
+        .with_columns(pl.col("method").replace_strict(COLD_START_NAMES, default=pl.col("method")))
+        .pipe(labelled)
+    )
+    return [
+        "## Cold start: new users folded in from their first k ratings",
+        "",
+        "Test users held out of the fit (a seeded fifth of each fold's), given to the model "
+        "with their first k ratings by time; means over the folds the comparison ran on.",
+        "",
+        *markdown_table(named),
+        "",
+    ]
+
+
+def cold_start_finding(cold_start: pl.DataFrame, tie: float = 5e-4) -> str:
+    """Whether the K-Means fold-in beats popularity and the item-KNN fold-in at k <= 5 (a
+    difference under ``tie`` is a tie), with the NDCG@10 figures."""
+    verdicts: dict[str, list[str]] = {"beats both": [], "ties": [], "does not beat": []}
+    for k in sorted(cold_start.filter(pl.col("k") <= 5)["k"].unique().to_list()):
+        at_k = dict(cold_start.filter(pl.col("k") == k).select("method", "ndcg_at_10").rows())
+        if "kmeans" not in at_k or len(at_k) < 2:
+            continue
+        value, rival = max((v, m) for m, v in at_k.items() if m != "kmeans")
+        margin = at_k["kmeans"] - value
+        verdict = "ties" if abs(margin) < tie else "beats both" if margin > 0 else "does not beat"
+        verdicts[verdict].append(
+            f"k={k}: {at_k['kmeans']:.4f} against {COLD_START_NAMES.get(rival, rival)}'s "
+            f"{value:.4f}"
+        )
+    folds = str(cold_start["folds"].max()) if "folds" in cold_start.columns else "?"
+    parts = [f"{verdict} the better of the others at " + "; ".join(figures)
+             for verdict, figures in verdicts.items() if figures]  # fmt: skip
+    parts[0] = parts[0].replace("beats both the better of the others", "beats both")
+    return (
+        f"Cold start (NDCG@10 on {folds} fold(s), thin margins: read them as indications): the "
+        f"K-Means fold-in {'; it '.join(parts)}."
+    )
 
 
 def eda_figures(frames: dict[str, pl.DataFrame]) -> dict[str, Any]:
     ratings = frames["ratings"]
-    return {
+    figures = {
         "rating_distribution": plots.rating_distribution_plot(ratings),
         "long_tail": plots.long_tail_plot(ratings),
         "genre_popularity": plots.genre_popularity_plot(
             ratings, frames["item_genres"], frames["genres"]
         ),
+        "item_mean_vs_count": plots.item_mean_vs_count_plot(ratings),
+        "user_activity_vs_mean": plots.user_activity_vs_mean_plot(ratings),
     }
+    if "users" in frames and not frames["users"].is_empty():
+        figures["ratings_by_demographics"] = plots.ratings_by_demographics_plot(
+            ratings, frames["users"]
+        )
+    return figures
+
+
+def sweep_cold_start(client: MlflowClient, run_id: str) -> pl.DataFrame | None:
+    """The sweep's cold-start table (``cold_start.csv``), if it ran one."""
+    if not any(a.path == "cold_start.csv" for a in client.list_artifacts(run_id)):
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        return pl.read_csv(client.download_artifacts(run_id, "cold_start.csv", folder))
 
 
 def copy_sweep_plots(client: MlflowClient, run_id: str, folder: Path) -> list[str]:
@@ -315,8 +529,10 @@ def write_report_folder(
         plots.save_figure(figure, folder / f"{name}.png").name
         for name, figure in eda_figures(frames).items()
     ] + copy_sweep_plots(client, sweep.run_id, folder)
-    by_family = family_metrics(sweep.table(), sweep.selection_metric)
-    markdown = report_markdown(sweep, champion, counts, stars, images, by_family)
+    by_model = model_metrics(sweep.table(), sweep.selection_metric)
+    by_family = {FAMILIES.get(kind, kind): m for kind, m in by_model.items()}
+    cold_start = sweep_cold_start(client, sweep.run_id)
+    markdown = report_markdown(sweep, champion, counts, stars, images, by_model, cold_start)
     (folder / "report.md").write_text(markdown)
     (folder / "sweep.csv").write_text(sweep.table_csv)
     dataset_counts: dict[str, int] = {

@@ -34,6 +34,9 @@ from tasks.lake import Lake
 from tasks.train.units import LOWER_IS_BETTER, METRICS
 
 EXPERIMENT = "movielens-recommender"
+# MLflow 3's UI opens an experiment on the page of its kind; without this tag it guesses a
+# GenAI experiment and shows an empty traces overview instead of the training runs.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 REGISTERED_MODEL = "movielens-recommender"
 CHAMPION, CHALLENGER = "champion", "challenger"
 REFERENCE_DATASET = "ml-100k"  # its champion is plain ``@champion``
@@ -54,15 +57,38 @@ def configure_mlflow(settings: Settings) -> MlflowClient:
 
 
 def experiment_id(client: MlflowClient, settings: Settings) -> str:
-    """The project's experiment, created on first use (local artifacts by default)."""
+    """The project's experiment, created on first use (local artifacts by default) and marked
+    as model training, so that the MLflow UI opens it on its runs."""
     found = client.get_experiment_by_name(EXPERIMENT)
     if found is not None:
+        if found.tags.get(EXPERIMENT_KIND_TAG) is None:  # made before the tag was set
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return str(found.experiment_id)
     location = settings.mlflow_artifact_location if settings.mlflow_tracking_uri is None else None
     try:
-        return str(client.create_experiment(EXPERIMENT, artifact_location=location))
+        return str(
+            client.create_experiment(
+                EXPERIMENT,
+                artifact_location=location,
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )  # fmt: skip
+        )
     except MlflowException:  # created meanwhile by a concurrent run
         return str(client.get_experiment_by_name(EXPERIMENT).experiment_id)  # type: ignore[union-attr]
+
+
+LOCAL_UI = "http://127.0.0.1:5000"  # where ``mlflow ui`` serves by default
+
+
+def experiment_url(tracking_uri: str, experiment: str) -> str:
+    """The experiment's page in the MLflow UI, on its training runs: MLflow 3.17's UI picks the
+    page from a global GenAI / model-training switch (``workflowType``, kept in the browser)
+    before the experiment's kind tag, so the link sets it. A local store's UI is
+    ``mlflow ui`` at its default address."""
+    base = (
+        tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
+    )
+    return f"{base}/#/experiments/{experiment}?workflowType=machine_learning"
 
 
 def git_commit() -> str:
@@ -212,6 +238,18 @@ def alias_for(role: str, dataset: str) -> str:
     return role if dataset == REFERENCE_DATASET else f"{role}-{dataset}"
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """A challenger against the champion on the folds both were evaluated on."""
+
+    better: bool
+    folds: tuple[int, ...]
+    challenger: float | None
+    champion: float | None
+    champion_version: str | None
+    reason: str
+
+
 def register_and_promote(
     client: MlflowClient,
     run_id: str,
@@ -219,19 +257,118 @@ def register_and_promote(
     metric: str,
     value: float,
     tags: dict[str, str],
+    per_fold: dict[int, float] | None = None,
+    description: str = "",
 ) -> Champion:
     """Register the model; it becomes its dataset's champion (``tags["dataset"]``, default the
-    reference set) only if it beats that dataset's current champion."""
+    reference set) only if it beats that dataset's current champion: on the folds both were
+    evaluated on when ``per_fold`` (fold -> ``metric``) is given, else by ``value``. The
+    version's description is ``description`` and the outcome of the comparison."""
     dataset = tags.get("dataset", REFERENCE_DATASET)
+    comparison = (
+        compare_on_folds(client, metric, per_fold, dataset)
+        if per_fold is not None
+        else compare_by_value(client, metric, value, dataset)
+    )
+    folds_tag = {"cv_folds": ",".join(map(str, sorted(per_fold)))} if per_fold else {}
     registered = mlflow.register_model(
-        model_uri, REGISTERED_MODEL, tags={**tags, f"cv_{metric}": str(value)}
+        model_uri, REGISTERED_MODEL, tags={**tags, **folds_tag, f"cv_{metric}": str(value)}
     )
     version = str(registered.version)
-    role = CHAMPION if beats_champion(client, metric, value, dataset) else CHALLENGER
+    role = CHAMPION if comparison.better else CHALLENGER
     alias = alias_for(role, dataset)
     client.set_registered_model_alias(REGISTERED_MODEL, alias, version)
     client.set_model_version_tag(REGISTERED_MODEL, version, "selection_metric", metric)
+    outcome = f"Registered as {alias}: {comparison.reason}."
+    text = f"{description}\n\n{outcome}" if description else outcome
+    client.update_model_version(REGISTERED_MODEL, version, description=text)
     return Champion(version, alias, run_id, f"models:/{REGISTERED_MODEL}/{version}", metric, value)
+
+
+def compare_by_value(
+    client: MlflowClient, metric: str, value: float, dataset: str = REFERENCE_DATASET
+) -> Comparison:
+    """For a model without per-fold figures (uploaded, say): its ``value`` against the
+    champion's ``cv_<metric>`` tag."""
+    current = champion_model_version(client, dataset)
+    better = beats_champion(client, metric, value, dataset)
+    figure = current.tags.get(f"cv_{metric}") if current is not None else None
+    if figure is None:
+        return Comparison(better, (), value, None, None, "no champion figure to beat")
+    return Comparison(
+        better, (), value, float(figure), str(current.version),  # type: ignore[union-attr]
+        f"{metric} {value:.4f} against champion v{current.version}'s {float(figure):.4f}",  # type: ignore[union-attr]
+    )  # fmt: skip
+
+
+def compare_on_folds(
+    client: MlflowClient, metric: str, per_fold: dict[int, float], dataset: str = REFERENCE_DATASET
+) -> Comparison:
+    """The challenger's mean ``metric`` over the folds the champion was also evaluated on,
+    against the champion's mean over the same folds (its ``fold_<metric>`` figures in MLflow).
+    No shared fold: no comparison, so the challenger does not win."""
+    current = champion_model_version(client, dataset)
+    if current is None:
+        return Comparison(True, tuple(sorted(per_fold)), None, None, None, "no champion yet")
+    theirs = champion_fold_metrics(client, current, metric)
+    shared = tuple(sorted(set(per_fold) & set(theirs)))
+    version = str(current.version)
+    if not shared:
+        return Comparison(False, (), None, None, version,
+                          f"no fold in common with champion v{version} to compare {metric} on")  # fmt: skip
+    mine = sum(per_fold[f] for f in shared) / len(shared)
+    champion = sum(theirs[f] for f in shared) / len(shared)
+    better = mine < champion if metric in LOWER_IS_BETTER else mine > champion
+    folds = ", ".join(map(str, shared))
+    reason = f"{metric} {mine:.4f} against champion v{version}'s {champion:.4f} on folds {folds}"
+    return Comparison(better, shared, mine, champion, version, reason)
+
+
+def champion_fold_metrics(
+    client: MlflowClient, version: ModelVersion, metric: str
+) -> dict[int, float]:
+    """Fold -> ``metric`` of the sweep configuration a registered version was refitted from:
+    the ``fold_<metric>`` steps of its nested run (tag ``configuration_run_id``, or found
+    beside the version's run under the same sweep by its parameters)."""
+    run_id = version.tags.get("configuration_run_id") or configuration_run_of(
+        client, str(version.run_id)
+    )
+    if run_id is None:
+        return {}
+    history = client.get_metric_history(run_id, f"fold_{metric}")
+    return {int(m.step): float(m.value) for m in history}
+
+
+def configuration_run_of(client: MlflowClient, candidate_run_id: str) -> str | None:
+    """The nested sweep run with the same parameters as a refitted model's run."""
+    candidate = client.get_run(candidate_run_id)
+    parent = candidate.data.tags.get(MLFLOW_PARENT_RUN_ID)
+    if parent is None:
+        return None
+    siblings = client.search_runs(
+        [candidate.info.experiment_id],
+        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'",
+        max_results=1000,
+    )
+    for run in siblings:
+        if run.info.run_id != candidate_run_id and run.data.params == candidate.data.params:
+            return str(run.info.run_id)
+    return None
+
+
+def identical_version(
+    client: MlflowClient, identity: dict[str, str], dataset: str = REFERENCE_DATASET
+) -> ModelVersion | None:
+    """The dataset's champion or challenger when its ``identity`` tags (dataset version,
+    configuration, code version) are all equal to ``identity``: the same model again."""
+    for role in (CHAMPION, CHALLENGER):
+        try:
+            version = client.get_model_version_by_alias(REGISTERED_MODEL, alias_for(role, dataset))
+        except MlflowException:
+            continue
+        if all(version.tags.get(key) == value for key, value in identity.items()):
+            return version
+    return None
 
 
 def champion_model_version(

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict
 
 from recommender import (
     Fold,
+    KMeansKNNConfig,
+    PopularityConfig,
     RandomForestRatings,
     Ratings,
     RecommenderModel,
@@ -27,6 +29,7 @@ from recommender import (
     make_config,
 )
 from recommender.config import ModelConfig
+from recommender.evaluate import cold_start_protocol
 from tasks.caching import CONTENT
 from tasks.config import load_settings
 from tasks.features import read_lake_parquet
@@ -38,6 +41,22 @@ LOWER_IS_BETTER = frozenset({"rmse", "mae"})
 # kinds whose cluster count is swept as well.
 NEIGHBOUR_KINDS = frozenset({"kmeans_knn", "paper"})
 CLUSTER_KINDS = frozenset({"kmeans_knn"})
+# One display name per model kind, in every plot, table and description (the kind itself stays
+# the key in MLflow params, the sweep table and telemetry).
+MODEL_NAMES: dict[str, str] = {
+    "kmeans_knn": "K-Means KNN (tuned)",
+    "paper": "K-Means user-KNN (paper)",
+    "forest": "Random Forest",
+    "bias": "Bias baseline",
+    "global_mean": "Global mean",
+    "popularity": "Popularity",
+    "implicit_knn": "Implicit item-KNN",
+}
+PAPER_REPORTED = "K-Means user-KNN (paper, reported)"
+
+
+def display_name(kind: str) -> str:
+    return MODEL_NAMES.get(kind, kind)
 
 
 class TrainingSet(BaseModel):
@@ -297,3 +316,44 @@ def sweep_diagnostics(
         n_clusters=sorted(n_clusters), inertia=inertia, silhouettes=silhouettes, sizes=sizes,
         forest_importances=importances,
     )  # fmt: skip
+
+
+# The cold-start comparison (issue 18.2): new users folded in from their first k ratings. The
+# item-KNN fold-in is the K-Means fold-in with one cluster (the population's prior), so the
+# clusters are the only difference between the two.
+COLD_START_METHODS: dict[str, ModelConfig] = {
+    "popularity": PopularityConfig(),
+    "item_knn": KMeansKNNConfig(fold_in_clusters=1),
+    "kmeans": KMeansKNNConfig(),
+}
+COLD_START_KS = (0, 1, 3, 5)
+COLD_START_METRICS = ("ndcg_at_10", "precision_at_10", "rmse")
+
+
+@task(cache_policy=CONTENT, persist_result=True)
+def cold_start_comparison(
+    training: TrainingSet, folds: list[int], ks: list[int]
+) -> list[dict[str, Any]]:
+    """Popularity, item-KNN fold-in and K-Means fold-in for held-out users given their first
+    ``k`` ratings (``recommender.evaluate.cold_start_protocol``) on ``folds``: one record per
+    fold, method and k."""
+    _, _, users = training_frames(training.lake_url, training.dataset, training.version)
+    results = cold_start_protocol(
+        [fold_of(training, fold) for fold in folds], COLD_START_METHODS, ks, users=users
+    )
+    get_run_logger().info("cold start on folds %s: %d results", folds, len(results))
+    return [
+        {"fold": int(r.fold.removeprefix("u")), "method": r.method, "k": r.k,
+         "n_users": r.n_users, **{m: float(getattr(r, m)) for m in COLD_START_METRICS}}
+        for r in results
+    ]  # fmt: skip
+
+
+def cold_start_table(records: list[dict[str, Any]]) -> pl.DataFrame:
+    """Mean over folds of each cold-start metric per method and k."""
+    return (
+        pl.DataFrame(records)
+        .group_by("method", "k", maintain_order=True)
+        .agg(pl.len().alias("folds"), *(pl.col(m).mean() for m in COLD_START_METRICS))
+        .sort("method", "k")
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,11 +29,17 @@ from tasks.config import load_settings
 from tasks.lake import Lake
 from tasks.train.sweep import ChampionRecord
 from tasks.train.tracking import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
     REGISTERED_MODEL,
+    champion_model_version,
+    compare_on_folds,
     configure_mlflow,
     current_champion,
+    experiment_url,
     register_and_promote,
 )
+from tasks.train.units import COLD_START_KS, COLD_START_METHODS, display_name
 from tasks.warehouse.queries import read_table
 from tests.conftest import synthetic_project, task_run_states
 
@@ -44,6 +51,7 @@ GRID: dict[str, Any] = {
     "n_clusters": [1, 2],
     "n_neighbors": [5, 10],
     "folds": [1, 2],
+    "register_model": True,  # a run on two folds and a small grid registers only when asked
 }
 
 
@@ -108,9 +116,11 @@ def test_sweep_artifacts_are_on_the_parent_run(trained: Trained) -> None:
 
     names = {a.path for a in client().list_artifacts(parent.info.run_id, "plots")}
 
+    # (no NDCG@10 heatmap: the tuned model's ranking ignores clusters and neighbours, so it
+    # would be one value in every cell)
     assert names == {
-        "plots/heatmap_rmse.png", "plots/heatmap_ndcg_at_10.png", "plots/elbow.png",
-        "plots/cluster_sizes.png", "plots/model_comparison.png",
+        "plots/heatmap_rmse.png", "plots/cluster_tradeoff.png", "plots/elbow.png",
+        "plots/cluster_sizes.png", "plots/model_comparison.png", "plots/cold_start.png",
     }  # fmt: skip
     table = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/sweep.csv")
     assert table.splitlines()[0].startswith("kind,n_clusters,n_neighbors,folds,rmse")
@@ -184,13 +194,110 @@ def test_rerun_is_all_cached(trained: Trained) -> None:
 
 
 def test_widening_the_grid_runs_only_new_tasks(trained: Trained) -> None:
+    before = registered_versions()
     wider = train(**{**GRID, "n_clusters": [1, 2, 4]}, return_state=True)
 
     units = task_run_states(wider)["evaluate_unit"]
     assert sorted(units) == ["Cached"] * 8 + ["Completed"] * 2
-    # the same best configuration refitted is no improvement: the alias stays
-    assert wider.result().alias == "challenger"
+    # the same best configuration of the same data and code is the champion again: it is not
+    # registered as a new version (it was registered as a challenger before issue 20)
+    assert (wider.result().version, wider.result().alias) == (None, None)
     assert wider.result().champion_version == "1"
+    assert "version 1 is the same model" in wider.result().outcome
+    assert registered_versions() == before
+
+
+def registered_versions() -> list[str]:
+    return sorted(
+        str(v.version) for v in client().search_model_versions(f"name='{REGISTERED_MODEL}'")
+    )
+
+
+def test_a_subset_fold_run_is_recorded_but_not_registered(trained: Trained) -> None:
+    before = registered_versions()
+    sweeps_before = len([r for r in sweep_runs() if r.info.run_name.startswith("sweep")])
+    asked = {k: v for k, v in GRID.items() if k != "register_model"}
+
+    partial = train(**{**asked, "folds": [1], "n_neighbors": [5]})
+
+    assert (partial.version, partial.alias, partial.lake_uri) == (None, None, None)
+    assert partial.champion_version == "1"
+    assert "not registered" in partial.outcome and "register_model=True" in partial.outcome
+    assert registered_versions() == before
+    sweeps = [r for r in sweep_runs() if r.info.run_name.startswith("sweep")]
+    assert len(sweeps) == sweeps_before + 1  # recorded all the same
+
+
+def champion_fold_rmse() -> dict[int, float]:
+    version = champion_model_version(client())
+    assert version is not None
+    history = client().get_metric_history(version.tags["configuration_run_id"], "fold_rmse")
+    return {m.step: m.value for m in history}
+
+
+def test_a_challenger_is_compared_on_the_champions_figures_of_the_same_folds(
+    trained: Trained,
+) -> None:
+    per_fold = champion_fold_rmse()
+    mean = sum(per_fold.values()) / len(per_fold)
+    # between the champion's fold-1 figure and its mean over folds 1 and 2: against the mean
+    # it would win (or lose) where on fold 1 alone it loses (or wins)
+    value = (per_fold[1] + mean) / 2
+
+    comparison = compare_on_folds(client(), "rmse", {1: value}, "ml-100k")
+
+    assert sorted(per_fold) == [1, 2]
+    assert comparison.folds == (1,)
+    assert comparison.champion == pytest.approx(per_fold[1])
+    assert comparison.better == (value < per_fold[1])
+    assert comparison.better != (value < mean)
+
+
+def test_a_challenger_on_folds_the_champion_never_saw_does_not_win(trained: Trained) -> None:
+    comparison = compare_on_folds(client(), "rmse", {5: 0.01}, "ml-100k")
+
+    assert (comparison.better, comparison.folds) == (False, ())
+    assert "no fold in common" in comparison.reason
+
+
+def test_registered_versions_describe_the_model_its_data_and_metrics(trained: Trained) -> None:
+    version = client().get_model_version(REGISTERED_MODEL, "1")
+
+    text = version.description
+    kind = client().get_run(trained.champion.run_id).data.params["kind"]  # bias, on this data
+    assert text.startswith(f"{display_name(kind)} (kind {kind}; ")
+    assert f"version {version.tags['dataset_version']}" in text and "3,000 ratings" in text
+    assert "folds 1, 2" in text
+    for label in ("RMSE", "MAE", "P@10", "R@10", "NDCG@10"):
+        assert f"{label} " in text
+    assert f"RMSE {trained.champion.value:.4f}" in text
+    assert "Registered as champion: no champion yet." in text
+    assert version.tags["code_version"] and version.tags["config"]
+
+
+def test_the_experiment_opens_on_its_training_runs(trained: Trained) -> None:
+    experiment = client().get_experiment_by_name("movielens-recommender")
+
+    assert experiment is not None
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+
+
+def test_cold_start_metrics_are_on_the_sweep_run(trained: Trained) -> None:
+    assert trained.champion.sweep_run_id is not None
+    run = client().get_run(trained.champion.sweep_run_id)
+
+    metrics = run.data.metrics
+    for k in COLD_START_KS:
+        for method in COLD_START_METHODS:
+            for metric in ("ndcg_at_10", "precision_at_10", "rmse"):
+                assert 0 <= metrics[f"cold_start_{metric}_k{k}_{method}"] < 5
+    table = pl.read_csv(
+        mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/cold_start.csv").encode()
+    )
+    assert table.height == len(COLD_START_KS) * len(COLD_START_METHODS)
+    assert set(table["folds"]) == {1}  # the sweep's first fold (cold_start_folds=1)
+    row = table.filter((pl.col("k") == 3) & (pl.col("method") == "kmeans")).row(0, named=True)
+    assert metrics["cold_start_ndcg_at_10_k3_kmeans"] == pytest.approx(row["ndcg_at_10"])
 
 
 def test_alias_moves_only_on_improvement(trained: Trained) -> None:
@@ -276,6 +383,62 @@ def test_mlflow_models_serve_answers(trained: Trained) -> None:
     assert not {p["item_id"] for p in predictions} & set(rated["item_id"])
 
 
+def chromium() -> str | None:
+    return next(
+        (found for name in ("chromium", "chromium-browser", "google-chrome")
+         if (found := shutil.which(name))),
+        None,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_mlflow_ui_opens_the_experiment_on_its_training_runs(
+    trained: Trained, tmp_path: Path
+) -> None:
+    browser = chromium()
+    if browser is None:
+        pytest.skip("no headless Chromium (apt-get install chromium)")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
+         load_settings().resolved_mlflow_tracking_uri, "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, "mlflow ui exited"
+                assert time.monotonic() < deadline, "mlflow ui did not start"
+                time.sleep(0.5)
+        experiment = client().get_experiment_by_name("movielens-recommender")
+        assert experiment is not None
+        url = experiment_url(f"http://127.0.0.1:{port}", experiment.experiment_id)
+        browse = [browser, "--headless", "--no-sandbox", "--disable-gpu",
+                  "--disable-dev-shm-usage", "--virtual-time-budget=15000",
+                  "--window-size=1400,900"]  # fmt: skip
+        screenshot = tmp_path / "experiment.png"
+        subprocess.run([*browse, f"--screenshot={screenshot}", url], capture_output=True,
+                       timeout=180, check=True)  # fmt: skip
+        dom = subprocess.run([*browse, "--dump-dom", url], capture_output=True, text=True,
+                             timeout=180, check=True).stdout  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the runs table, not the GenAI overview ("Traces 0", "Detect Issues")
+    assert "sweep ml-100k" in dom and "matching runs" in dom
+    assert "Detect Issues" not in dom
+
+
 def sweep_table_of(run: Any) -> pl.DataFrame:
     text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/sweep.csv")
     return pl.read_csv(text.encode()).drop("fit_seconds", "predict_seconds")
@@ -308,7 +471,11 @@ def test_real_ml100k_small_grid(
     transform(raw=ingest(source=str(ml100k_dir)))
 
     champion = train(
-        kinds=["kmeans_knn", "paper", "bias"], n_clusters=[1], n_neighbors=[40], folds=[1]
+        kinds=["kmeans_knn", "paper", "bias"],
+        n_clusters=[1],
+        n_neighbors=[40],
+        folds=[1],
+        register_model=True,
     )
 
     summary = Lake.from_settings(load_settings()).get_json(
