@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -82,9 +83,7 @@ def build_parser(argv: Sequence[str], prog: str = PROG) -> CommandParser:
                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
         _add_debug(sub)
         if name == chosen:
-            fn = command.load().fn
-            sub.description = f"{command.help}.\n\n{_docstring(fn)}"
-            add_flow_options(sub, fn)
+            _add_flow(sub, name)
     serve = commands.add_parser("serve", help="serve the API (like python -m api)",
                                 allow_abbrev=False)  # fmt: skip
     _add_debug(serve)
@@ -114,10 +113,12 @@ def _add_debug(parser: argparse.ArgumentParser) -> None:
                         help="print the full traceback of a failure on the screen")  # fmt: skip
 
 
-def _docstring(fn: Callable[..., Any]) -> str:
-    import inspect
-
-    return inspect.getdoc(fn) or ""
+def _add_flow(parser: argparse.ArgumentParser, name: str) -> None:
+    """The flow's docstring as the command's description, its parameters as options."""
+    command = FLOW_COMMANDS[name]
+    fn = command.load().fn
+    parser.description = f"{command.help}.\n\n{inspect.getdoc(fn) or ''}"
+    add_flow_options(parser, fn)
 
 
 def _add_serve_options(parser: argparse.ArgumentParser) -> None:
@@ -154,14 +155,11 @@ def parse(argv: Sequence[str], prog: str = PROG) -> argparse.Namespace:
 
 def flow_parser(name: str, prog: str) -> CommandParser:
     """The options of one flow command alone: what ``python flows/<name>.py`` reads."""
-    command = FLOW_COMMANDS[name]
-    fn = command.load().fn
-    parser = CommandParser(prog=prog, description=f"{command.help}.\n\n{_docstring(fn)}",
-                           allow_abbrev=False,
+    parser = CommandParser(prog=prog, allow_abbrev=False,
                            formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--debug", action="store_true", default=False,
                         help="print the full traceback of a failure on the screen")  # fmt: skip
-    add_flow_options(parser, fn)
+    _add_flow(parser, name)
     parser.set_defaults(command=name)
     return parser
 
@@ -180,11 +178,12 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG, command: str | Non
     settings = None
     log_file = None
     try:
-        settings = _settings()
-        log_file = _log_to_file(settings.home, debug)
+        # parsed first: help and usage errors need no settings
         args = (
             flow_parser(command, prog).parse_args(arguments) if command else parse(arguments, prog)
         )
+        settings = _settings()
+        log_file = _log_to_file(settings.home, debug)
         return run_command(args, settings)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
