@@ -24,8 +24,10 @@ PREFECT_YAML: dict[str, Any] = yaml.safe_load((REPO / "prefect.yaml").read_text(
 WORKER = "prefect-worker"
 UI_PORTS = {
     "prefect-server": 4200, "mlflow": 5000, "minio": 9001, "thingsboard": 8080, "api": 8000,
+    "jupyterlab": 8888,
 }  # fmt: skip
 API = "api"
+JUPYTERLAB = "jupyterlab"
 INTERPOLATION = re.compile(r"(?<!\$)\$\{(\w+)(?::?-([^}]*))?\}")  # ${VAR:-default}, not $${VAR}
 
 
@@ -70,17 +72,21 @@ def published_ports(service: str) -> set[int]:
     return {int(str(port).split(":")[-2]) for port in SERVICES[service].get("ports", [])}
 
 
-def deploy_section() -> str:
+def readme_section(title: str) -> str:
     readme = (REPO / "README.md").read_text()
-    start = readme.index("## Deployments and the full stack")
+    start = readme.index(f"## {title}")
     return readme[start : readme.index("\n## ", start + 1)]
+
+
+def deploy_section() -> str:
+    return readme_section("Deployments and the full stack")
 
 
 # --- the compose file -------------------------------------------------------------------------
 def test_compose_has_the_whole_stack() -> None:
     assert set(SERVICES) == {
         "postgres", "minio", "minio-buckets", "mlflow", "prefect-server", WORKER, "thingsboard",
-        API,
+        API, JUPYTERLAB,
     }  # fmt: skip
     assert one_shot_services() == {"minio-buckets"}
 
@@ -109,14 +115,67 @@ def test_dependencies_wait_until_healthy_or_done(service: str) -> None:
 
 
 def test_worker_waits_for_every_service_it_uses() -> None:
-    assert set(SERVICES[WORKER]["depends_on"]) == set(SERVICES) - {WORKER, API}
+    assert set(SERVICES[WORKER]["depends_on"]) == set(SERVICES) - {WORKER, API, JUPYTERLAB}
 
 
 def test_api_waits_for_every_service_it_uses_and_checks_its_health() -> None:
-    assert set(SERVICES[API]["depends_on"]) == set(SERVICES) - {WORKER, API}
+    assert set(SERVICES[API]["depends_on"]) == set(SERVICES) - {WORKER, API, JUPYTERLAB}
     assert "/health" in " ".join(SERVICES[API]["healthcheck"]["test"])
     assert SERVICES[API]["command"] == ["python", "-m", "api"]
     assert environment(API)["RECSYS_API_HOST"] == "0.0.0.0"
+
+
+def test_jupyterlab_waits_for_the_stores_the_notebook_reads() -> None:
+    """The warehouse, the lake and MLflow; not the API (healthy only once a champion exists:
+    the notebook skips its request when none answers) nor Prefect."""
+    assert set(SERVICES[JUPYTERLAB]["depends_on"]) == {"postgres", "minio", "minio-buckets",
+                                                       "mlflow"}  # fmt: skip
+
+
+def test_jupyterlab_serves_the_mounted_notebooks_with_the_stack_settings() -> None:
+    service, env = SERVICES[JUPYTERLAB], environment(JUPYTERLAB)
+    command = " ".join(service["command"])
+
+    assert service["image"] == SERVICES[WORKER]["image"]  # the project image
+    assert service["build"] == SERVICES[WORKER]["build"]
+    assert "./notebooks:/app/notebooks" in service["volumes"]
+    assert "--ServerApp.root_dir=/app/notebooks" in command and "--port=8888" in command
+    assert "['optional-dependencies']['notebook']" in command and "-c constraints.txt" in command
+    assert set(environment(API)) <= set(env)  # the stack's settings (*recsys-environment)
+    assert env["RECSYS_DATABASE_URL"] == environment(WORKER)["RECSYS_DATABASE_URL"]
+    assert env["MLFLOW_TRACKING_URI"] == environment(WORKER)["MLFLOW_TRACKING_URI"]
+    assert env["RECSYS_API_HOST"] == API  # where the notebook asks for recommendations
+
+
+def test_jupyterlab_never_starts_without_a_token() -> None:
+    service = SERVICES[JUPYTERLAB]
+    command = service["command"][-1]
+    guard = interpolated(command).split(" && ")[0].replace("$$", "$")
+
+    assert environment(JUPYTERLAB)["JUPYTER_TOKEN"] == "${JUPYTER_TOKEN:-}"
+    assert "JUPYTER_TOKEN" in (REPO / ".env.example").read_text()
+    unset = subprocess.run(["sh", "-c", guard + " && echo started"], env={"PATH": "/usr/bin:/bin"},
+                           capture_output=True, text=True)  # fmt: skip
+    given = subprocess.run(["sh", "-c", guard + " && echo started"],
+                           env={"PATH": "/usr/bin:/bin", "JUPYTER_TOKEN": "t"},
+                           capture_output=True, text=True)  # fmt: skip
+    assert unset.returncode == 1 and "JUPYTER_TOKEN is not set" in unset.stderr
+    assert given.returncode == 0 and given.stdout == "started\n"
+    assert "JUPYTER_TOKEN" in " ".join(service["healthcheck"]["test"])
+
+
+def test_notebook_group_holds_what_the_service_and_the_tests_run() -> None:
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    names = {re.split(r"[<>=\[ ]", spec)[0] for spec in extras["notebook"]}
+    pinned = {
+        line.split("==")[0].lower() for line in (REPO / "constraints.txt").read_text().split()
+    }
+
+    assert {"jupyterlab", "nbclient", "nbformat", "ipykernel"} <= names <= pinned
 
 
 def test_volumes_are_named_and_declared() -> None:
@@ -208,7 +267,8 @@ def test_ui_ports_are_published() -> None:
 
 
 def test_readme_ports_match_the_compose_file() -> None:
-    in_readme = {int(port) for port in re.findall(r"localhost:(\d+)", deploy_section())}
+    documented = deploy_section() + readme_section("The analysis notebook")
+    in_readme = {int(port) for port in re.findall(r"localhost:(\d+)", documented)}
     published = {port for service in SERVICES for port in published_ports(service)}
 
     assert in_readme == published
@@ -285,7 +345,7 @@ def test_files_mounted_or_run_by_compose_exist() -> None:
     scripts = [arg for arg in SERVICES[WORKER]["command"] if arg.endswith(".sh")]
     assert mounted and scripts
     for path in [*mounted, *scripts]:
-        assert (REPO / path).is_file(), path
+        assert (REPO / path).exists(), path  # ./notebooks is a folder
 
 
 # --- prefect.yaml -----------------------------------------------------------------------------
