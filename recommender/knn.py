@@ -4,6 +4,7 @@ K-Means clusters restricting or weighting the neighbourhood and a validation-fit
 from __future__ import annotations
 
 import logging
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -40,6 +41,7 @@ from recommender.ranking import ImplicitKNN, ImplicitKNNConfig, ItemKNNScorer
 from recommender.topk import TopNeighbors, sparse_rows, top_k_average, top_neighbors
 
 logger = logging.getLogger(__name__)
+_PRIOR_LOCK = threading.Lock()
 
 SWEEP_NEIGHBORS: tuple[int, ...] = (10, 20, 40, 80)
 """Neighbour counts whose blend weights every fit learns, so a sweep needs one fit."""
@@ -625,12 +627,42 @@ class KMeansKNN(RecommenderModel[KMeansKNNConfig]):
             self.ranker_ = ItemKNNScorer.fit(train, config.ranking, parts.item_labels)
         elif config.ranking is not None:
             self.ranker_ = ImplicitKNN(config.ranking).fit(train)
-        self.cluster_prior_ = ClusterPrior.fit(
-            train, self.baseline_, config.fold_in_clusters, users=users,
-            components=config.cluster_components, damping=config.fold_in_damping,
-            temperature=config.fold_in_temperature, liked_rating=self.rating_range_[1] - 1.0,
-            seed=config.seed,
-        )  # fmt: skip
+        # The cold-start clusters serve fold-ins only (a service-time call): fit on first
+        # use, or when the model is pickled for serving, not by every fit of a sweep.
+        self._fold_in_users = users
+        self._cluster_prior: ClusterPrior | None = None
+
+    @property
+    def cluster_prior_(self) -> ClusterPrior:
+        """The cold-start user clusters (:class:`recommender.foldin.ClusterPrior`), fit on
+        the training ratings the first time a fold-in (or pickling) needs them."""
+        self._check_fitted()
+        with _PRIOR_LOCK:
+            if self._cluster_prior is None:
+                config = self.config
+                self._cluster_prior = ClusterPrior.fit(
+                    self.ratings_, self.baseline_, config.fold_in_clusters,
+                    users=self._fold_in_users, components=config.cluster_components,
+                    damping=config.fold_in_damping, temperature=config.fold_in_temperature,
+                    liked_rating=self.rating_range_[1] - 1.0, seed=config.seed,
+                )  # fmt: skip
+            return self._cluster_prior
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A pickled model is one about to be served: it carries its cold-start clusters."""
+        if self.is_fitted:
+            _ = self.cluster_prior_
+        state = dict(self.__dict__)
+        state["_fold_in_users"] = None  # no longer needed once the prior is fit
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Models pickled before the prior was lazy hold it as ``cluster_prior_``.
+        if "cluster_prior_" in state:
+            state["_cluster_prior"] = state.pop("cluster_prior_")
+        state.setdefault("_cluster_prior", None)
+        state.setdefault("_fold_in_users", None)
+        self.__dict__.update(state)
 
     def _parts_class(self, train: Ratings) -> type[_Parts]:
         return _SparseParts if self.config.sparse_for(train) else _DenseParts
