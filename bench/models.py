@@ -1,8 +1,11 @@
 """Benchmark this project's models (and Surprise's, when installed) on the official folds.
 
-    python bench/models.py [--data PATH] [--quick]
+    python bench/models.py [--data PATH] [--quick] [--only speed,protocols] [--threads N]
 
-Prints RMSE, MAE, NDCG@10, P@10 and seconds per fold (fit + predict) side by side.
+Prints RMSE, MAE, NDCG@10, P@10 and seconds per fold (fit + predict) side by side; then
+``KMeansKNN()`` fit and predict seconds per fold beside Surprise KNNBaseline's in the same run
+(interleaved fold by fold, each fit cold: the component cache is emptied first), and NDCG@10
+under the protocols published tables use beside the project's own.
 """
 
 from __future__ import annotations
@@ -27,15 +30,20 @@ from recommender import (  # noqa: E402
     ForestConfig,
     GlobalMeanConfig,
     ImplicitKNNConfig,
+    KMeansKNN,
     KMeansKNNConfig,
     ModelConfig,
     PaperConfig,
     PopularityConfig,
+    Ratings,
+    clear_component_cache,
     cross_validate,
     evaluate_neighbor_sweep,
     load_official_folds,
+    load_ratings,
     load_users,
     mae,
+    ranking_scores,
     rmse,
 )
 
@@ -68,6 +76,7 @@ def run_ours(folds: list[Fold], users: Any, quick: bool) -> list[Row]:
     for label, config, rank in RATING_MODELS:
         if quick and config.kind == "forest":
             continue
+        clear_component_cache()  # cold fits: no model is timed on another's cached parts
         result = cross_validate(config, folds, users=users, rank=rank)
         mean = result.mean
         mean["seconds"] = mean["fit_seconds"] + mean["predict_seconds"]
@@ -117,6 +126,138 @@ def run_surprise(folds: list[Fold]) -> list[Row]:
     return rows
 
 
+def _surprise_knn_baseline(train: Ratings, test: Ratings) -> tuple[float, float, np.ndarray]:
+    """Fit and predict seconds of Surprise KNNBaseline (item, pearson_baseline, k=40)."""
+    import pandas as pd
+    from surprise import Dataset, KNNBaseline, Reader
+
+    frame = pd.DataFrame(train.to_dict())
+    started = time.perf_counter()
+    data = Dataset.load_from_df(
+        frame[["user_id", "item_id", "rating"]], Reader(rating_scale=(1, 5))
+    )
+    algo = KNNBaseline(
+        k=40, sim_options={"name": "pearson_baseline", "user_based": False}, verbose=False
+    )
+    algo.fit(data.build_full_trainset())
+    fitted = time.perf_counter()
+    pairs = zip(test.raw_users().tolist(), test.raw_items().tolist(), strict=True)
+    predicted = np.array([algo.predict(u, i).est for u, i in pairs])
+    return fitted - started, time.perf_counter() - fitted, predicted
+
+
+def speed_table(folds: list[Fold]) -> None:
+    """``KMeansKNN()`` against Surprise KNNBaseline, fold by fold in one run (ratios only
+    mean anything on a shared machine): fit s, predict s (the test ratings), RMSE, NDCG@10."""
+    from recommender.evaluate import evaluate_fitted
+
+    try:
+        import surprise  # noqa: F401
+    except ImportError:
+        print("(scikit-surprise not importable: KMeansKNN() timed alone)")
+        surprise_available = False
+    else:
+        surprise_available = True
+    print("\nSpeed: KMeansKNN() (cold fit) beside Surprise KNNBaseline, same run, fold by fold")
+    print(f"{'fold':<5} {'ours fit':>9} {'ours pred':>9} {'RMSE':>7} {'NDCG@10':>8} "
+          f"{'KNNB fit':>9} {'KNNB pred':>9} {'KNNB RMSE':>9} {'speed-up':>8}")  # fmt: skip
+    totals = []
+    for fold in folds:
+        clear_component_cache()
+        started = time.perf_counter()
+        model = KMeansKNN().fit(fold.train)
+        ours = evaluate_fitted(model, fold, fit_seconds=time.perf_counter() - started)
+        theirs = (math.nan, math.nan, math.nan)
+        if surprise_available:
+            fit_s, predict_s, predicted = _surprise_knn_baseline(fold.train, fold.test)
+            theirs = (fit_s, predict_s, rmse(predicted, fold.test.values))
+        ours_s = ours.fit_seconds + ours.predict_seconds
+        ratio = (theirs[0] + theirs[1]) / ours_s
+        totals.append(
+            (ours.fit_seconds, ours.predict_seconds, ours.rmse, ours.ndcg_at_10, *theirs, ratio)
+        )
+        print(f"{fold.name:<5} {ours.fit_seconds:>9.3f} {ours.predict_seconds:>9.3f} "
+              f"{ours.rmse:>7.4f} {ours.ndcg_at_10:>8.4f} {theirs[0]:>9.3f} {theirs[1]:>9.3f} "
+              f"{theirs[2]:>9.4f} {ratio:>7.2f}x")  # fmt: skip
+    mean = np.mean(totals, axis=0)
+    print(f"{'mean':<5} {mean[0]:>9.3f} {mean[1]:>9.3f} {mean[2]:>7.4f} {mean[3]:>8.4f} "
+          f"{mean[4]:>9.3f} {mean[5]:>9.3f} {mean[6]:>9.4f} {mean[7]:>7.2f}x")  # fmt: skip
+
+
+def _ndcg(model: KMeansKNN, test: Ratings, threshold: float) -> float:
+    """NDCG@10 of the model's top-10 (training items excluded) with the test ratings at or
+    above ``threshold`` relevant (0: every test item), over test users known to the model."""
+    train = model.ratings_
+    users, items = train.user_positions(test.raw_users()), train.item_positions(test.raw_items())
+    keep = (users >= 0) & (items >= 0) & (test.values >= threshold)
+    ranked = np.unique(users[users >= 0])
+    row_of = np.full(train.n_users, -1)
+    row_of[ranked] = np.arange(len(ranked))
+    relevant = np.zeros((len(ranked), train.n_items), dtype=bool)
+    relevant[row_of[users[keep]], items[keep]] = True
+    top, _ = model.recommend_positions(ranked, 10)
+    hits = np.take_along_axis(relevant, np.maximum(top, 0), axis=1) & (top >= 0)
+    return ranking_scores(hits, relevant.sum(axis=1), 10).means()["ndcg"]
+
+
+def stratified_split(
+    ratings: Ratings, share: float = 0.25, seed: int = 0
+) -> tuple[Ratings, Ratings]:
+    """Each user's ratings split at random, ``share`` of them (rounded) to the test side."""
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(len(ratings)), ratings.user_index))
+    counts = np.bincount(ratings.user_index, minlength=ratings.n_users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(len(ratings)) - np.repeat(starts, counts)
+    test = np.zeros(len(ratings), dtype=bool)
+    test[order] = rank < np.round(share * counts[ratings.user_index[order]])
+    return _reindexed(ratings, ~test), _reindexed(ratings, test)
+
+
+def _reindexed(ratings: Ratings, keep: np.ndarray) -> Ratings:
+    return Ratings.from_arrays(
+        ratings.raw_users()[keep], ratings.raw_items()[keep], ratings.values[keep]
+    )
+
+
+def protocol_table(folds: list[Fold], data: Path) -> None:
+    """``KMeansKNN()`` NDCG@10 under the project's protocol (official folds, test ratings >= 4
+    relevant) beside those of published tables: every test item relevant; and a per-user
+    stratified random 75/25 split of u.data (seeds 0..4)."""
+    print("\nProtocols: KMeansKNN() NDCG@10 (mean of 5 folds / 5 seeds) and RMSE")
+    rows = {
+        "official u1..u5, rating >= 4 relevant (ours)": [],
+        "official u1..u5, every test item relevant": [],
+    }
+    for fold in folds:
+        clear_component_cache()
+        model = KMeansKNN().fit(fold.train)
+        predicted = model.predict(fold.test.raw_users(), fold.test.raw_items())
+        error = rmse(predicted, fold.test.values)
+        rows["official u1..u5, rating >= 4 relevant (ours)"].append(
+            (_ndcg(model, fold.test, 4.0), error)
+        )
+        rows["official u1..u5, every test item relevant"].append(
+            (_ndcg(model, fold.test, 0.0), error)
+        )
+    everything = load_ratings(data / "u.data")
+    for threshold, label in (
+        (4.0, "per-user 75/25, rating >= 4 relevant"),
+        (0.0, "per-user 75/25, every test item relevant"),
+    ):
+        rows[label] = []
+        for seed in range(5):
+            train, test = stratified_split(everything, 0.25, seed)
+            clear_component_cache()
+            model = KMeansKNN().fit(train)
+            error = rmse(model.predict(test.raw_users(), test.raw_items()), test.values)
+            rows[label].append((_ndcg(model, test, threshold), error))
+    print(f"{'protocol':<50} {'NDCG@10':>8} {'RMSE':>7}")
+    for label, values in rows.items():
+        ndcg, error = np.mean(values, axis=0)
+        print(f"{label:<50} {ndcg:>8.4f} {error:>7.4f}")
+
+
 def sweep_timing(folds: list[Fold]) -> None:
     print(
         "\nNeighbour sweep (one fit per fold, k = 10/20/40/80 from one similarity), mean of 5 folds"
@@ -154,15 +295,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "ml-100k")
     parser.add_argument("--quick", action="store_true", help="skip the forest and Surprise")
+    parser.add_argument(
+        "--only", default="", help="comma-separated sections: models, speed, protocols, sweep"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="BLAS threads (0: the library's default); Surprise uses one core",
+    )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    sections = set(args.only.split(",")) if args.only else {"models", "speed", "protocols", "sweep"}
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)
     folds = load_official_folds(args.data)
-    users = load_users(args.data)
-    rows = run_ours(folds, users, args.quick)
-    if not args.quick:
-        rows += run_surprise(folds)
-    print_table(rows)
-    sweep_timing(folds)
+    if "models" in sections:
+        rows = run_ours(folds, load_users(args.data), args.quick)
+        if not args.quick:
+            rows += run_surprise(folds)
+        print_table(rows)
+    if "speed" in sections:
+        speed_table(folds)
+    if "protocols" in sections:
+        protocol_table(folds, args.data)
+    if "sweep" in sections:
+        sweep_timing(folds)
 
 
 if __name__ == "__main__":

@@ -22,18 +22,21 @@ def fit_factors(
     regularization: float = 0.1,
     n_iterations: int = 10,
     seed: int = 0,
+    item_factors: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """User and item factors ``P, Q`` with ``residual ~ P[u] @ Q[i]``.
 
     Weighted-lambda regularisation (Zhou et al. 2008): each row's ridge penalty scales with
     its number of ratings. The normal equations of all rows are built from padded rating
-    lists with batched matrix products and solved as one batch.
+    lists with batched matrix products and solved as one batch. ``item_factors``: start
+    from these (a warm start, e.g. from a fit on most of the same ratings), not random ones.
     """
     rng = np.random.default_rng(seed)
     by_user = rated_lists(rows, cols, residuals, shape[0], shape[1])
     by_item = rated_lists(cols, rows, residuals, shape[1], shape[0])
     user_factors = rng.normal(0.0, 0.1, (shape[0], n_factors))
-    item_factors = rng.normal(0.0, 0.1, (shape[1], n_factors))
+    if item_factors is None:
+        item_factors = rng.normal(0.0, 0.1, (shape[1], n_factors))
     for _ in range(n_iterations):
         user_factors = _solve_side(by_user, item_factors, regularization)
         item_factors = _solve_side(by_item, user_factors, regularization)

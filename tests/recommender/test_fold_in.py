@@ -184,3 +184,26 @@ def test_sparse_engine_folds_in_a_trained_user_alike(synthetic_folds: list[Fold]
 
     assert np.abs(folded - trained).max() < 0.1
     assert top == [item for item, _ in model.recommend(7, n=5)]
+
+
+def test_the_cluster_prior_is_fit_on_first_fold_in_not_by_fit(
+    synthetic_folds: list[Fold],
+) -> None:
+    train = synthetic_folds[0].train
+    model = KMeansKNN(**FAST).fit(train)
+    assert model._cluster_prior is None  # a fit (e.g. of a sweep) never pays for it
+
+    model.recommend_for({}, n=3)
+
+    assert model._cluster_prior is not None
+
+
+def test_a_pickled_model_carries_its_cluster_prior(synthetic_folds: list[Fold]) -> None:
+    import pickle
+
+    model = KMeansKNN(**FAST).fit(synthetic_folds[0].train)
+
+    served = pickle.loads(pickle.dumps(model))
+
+    assert served._cluster_prior is not None
+    assert served.recommend_for({}, n=3) == model.recommend_for({}, n=3)
