@@ -170,6 +170,12 @@ class Lake:
                 digest.update(chunk)
         return digest.hexdigest()
 
+    def modified(self, key: str) -> float:
+        """When ``key`` was last written, in unix seconds."""
+        with self._failures("stat", key):
+            stamp = self.fs.modified(self.path(key))
+        return float(stamp.timestamp())
+
     def size(self, key: str) -> int:
         with self._failures("stat", key):
             return int(self.fs.size(self.path(key)))

@@ -10,6 +10,7 @@ import hashlib
 import io
 import logging
 import socket
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from urllib3.exceptions import NameResolutionError
 
 from tasks.caching import DATA_CONTENT
 from tasks.config import load_settings
-from tasks.lake import CHUNK_BYTES, Lake
+from tasks.lake import CHUNK_BYTES, Lake, LakeError
 from tasks.movielens.catalog import (
     Layout,
     movielens_set,
@@ -319,8 +320,10 @@ def store_raw_files(archive: FetchedArchive, lake_url: str, dataset: str) -> Raw
         "fetched_at": datetime.now(UTC).isoformat(),
         "files": [file.model_dump() for file in files],
     }
-    lake.put_json(f"{prefix}/{MANIFEST}", manifest)
+    lake.put_json(f"{prefix}/{MANIFEST}", manifest)  # last: the version is now complete
     logger.info("Stored %d raw files of %s in %s", len(files), dataset, lake.uri(prefix))
+    for gone in remove_stale_partials(lake, dataset):
+        logger.info("Removed %s, left unfinished by a run that died", lake.uri(gone))
     return RawDataset(dataset=dataset, lake_url=lake.url, sha256=archive.sha256, files=files)
 
 
@@ -338,18 +341,49 @@ def _require_files(dataset: str, names: list[str], source: str) -> None:
 
 
 def _copy_members(lake: Lake, prefix: str, members: list[Member]) -> tuple[RawFile, ...]:
-    """Copy each member; on any failure remove what was written, so nothing is half-stored."""
+    """Copy each member. A failure deletes nothing: another run may be writing (or have
+    completed) the same content-addressed version, and a version without its manifest is
+    never read; the next successful ingest removes it once it is stale."""
     written: list[RawFile] = []
-    try:
-        for member in members:
-            key = f"{prefix}/{member.name}"
-            with member.open() as stream:
-                sha256 = lake.put_stream(key, stream)
-            written.append(RawFile(file=member.name, size=lake.size(key), sha256=sha256))
-    except BaseException:
-        lake.delete(prefix)
-        raise
+    for member in members:
+        key = f"{prefix}/{member.name}"
+        with member.open() as stream:
+            sha256 = lake.put_stream(key, stream)
+        written.append(RawFile(file=member.name, size=lake.size(key), sha256=sha256))
     return tuple(written)
+
+
+STALE_SECONDS = 3600.0  # an unfinished raw version untouched this long is no live run's work
+
+
+def remove_stale_partials(lake: Lake, dataset: str, now: float | None = None) -> list[str]:
+    """Delete what dead runs left under ``raw/<dataset>/``: versions without a manifest and
+    temporary files (``.<name>.<uuid>.tmp``), once nothing in them changed for
+    ``STALE_SECONDS``; returns the keys or prefixes removed. A cleanup failure is logged, never
+    raised: it must not fail the ingest that completed."""
+    now = time.time() if now is None else now
+    removed: list[str] = []
+    try:
+        keys = lake.list(f"raw/{dataset}")
+        versions: dict[str, list[str]] = {}
+        for key in keys:
+            parts = key.split("/")
+            if len(parts) >= 4:
+                versions.setdefault("/".join(parts[:3]), []).append(key)
+        for prefix, files in versions.items():
+            complete = f"{prefix}/{MANIFEST}" in files
+            stale = [k for k in files if now - lake.modified(k) > STALE_SECONDS]
+            if not complete and len(stale) == len(files):
+                lake.delete(prefix)
+                removed.append(prefix)
+            elif complete:
+                for key in stale:
+                    if PurePosixPath(key).name.startswith(".") and key.endswith(".tmp"):
+                        lake.delete(key)
+                        removed.append(key)
+    except LakeError as error:
+        logging.getLogger(__name__).warning("raw cleanup skipped: %s", error)
+    return removed
 
 
 # The files GroupLens ships besides those catalog.py names, per layout: nothing else is stored.

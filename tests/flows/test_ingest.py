@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 import zipfile
 from pathlib import Path
 
@@ -225,3 +226,28 @@ def test_real_ml100k_folder(recsys_env: Path, ml100k_dir: Path) -> None:
     assert len(names) >= 10
     u_data = next(f for f in raw.files if f.file == "u.data")
     assert u_data.size == (ml100k_dir / "u.data").stat().st_size
+
+
+def test_a_dead_runs_unfinished_version_is_removed_by_the_next_ingest_once_stale(
+    recsys_env: Path, synthetic_folder: Path
+) -> None:
+    import os
+
+    from tasks.movielens.sources import STALE_SECONDS, remove_stale_partials
+
+    lake = Lake.from_settings(load_settings())
+    raw = ingest(source=str(synthetic_folder))
+    dead = f"raw/{raw.dataset}/{'d' * 64}"
+    lake.put_bytes(f"{dead}/u.data", b"1\t1\t5\t1\n")  # a run killed before its manifest
+    fresh = f"raw/{raw.dataset}/{'f' * 64}"
+    lake.put_bytes(f"{fresh}/u.data", b"1\t1\t5\t1\n")  # a run still writing
+    leftover = f"{raw.prefix}/.u1.base.0123.tmp"
+    lake.put_bytes(leftover, b"half")  # a temporary file of a killed copy
+    old = time.time() - STALE_SECONDS - 60
+    for key in (f"{dead}/u.data", leftover):
+        os.utime(lake.path(key), (old, old))
+
+    removed = remove_stale_partials(lake, raw.dataset)
+
+    assert sorted(removed) == sorted([dead, leftover])
+    assert lake.exists(f"{fresh}/u.data") and lake.exists(f"{raw.prefix}/manifest.json")
