@@ -6,6 +6,7 @@ Built on ``matplotlib.figure.Figure`` directly (no global pyplot state), so safe
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,7 @@ def cluster_sizes_plot(sizes: dict[int, list[int]], what: str | None = None) -> 
     """Per cluster count k (ascending), a boxplot of members per cluster with the points on
     top; ``what`` was clustered (in the title)."""
     ks = sorted(sizes)
-    figure = _new_figure(max(5.0, 0.7 * len(ks) + 2.0), 4.5)
+    figure = _new_figure(max(6.5, 0.7 * len(ks) + 2.0), 4.5)
     ax = figure.add_subplot()
     positions = list(range(len(ks)))
     ax.boxplot([sizes[k] for k in ks], positions=positions, widths=0.6, showfliers=False)
@@ -141,16 +142,22 @@ def _metric_bars(ax: Axes, models: pl.DataFrame, metric: str, label: str) -> Non
     ax.margins(x=0.2)
 
 
-def model_comparison_plot(models: pl.DataFrame, metrics: tuple[str, ...] | None = None) -> Figure:
+def model_comparison_plot(
+    models: pl.DataFrame, metrics: tuple[str, ...] | None = None, note: str | None = None
+) -> Figure:
     """One panel per metric (default: those of RMSE, MAE, P@10, R@10, NDCG@10 that ``models``
-    has), each sorted best-first."""
+    has), each sorted best-first; ``note`` (how to read a figure) in the spare panel, if any."""
     shown = metrics or tuple(m for m in SUMMARY_METRICS if m in models.columns)
     columns = min(3, len(shown))
     rows = math.ceil(len(shown) / columns)
     figure = _new_figure(5.5 * columns, rows * (0.8 + 0.45 * max(models.height, 4)))
     axes = list(np.atleast_1d(figure.subplots(rows, columns)).ravel())
     for spare in axes[len(shown) :]:
-        figure.delaxes(spare)
+        if note is None or spare is not axes[len(shown)]:
+            figure.delaxes(spare)
+            continue
+        spare.axis("off")
+        spare.text(0.0, 0.5, textwrap.fill(note, 45), va="center", fontsize=9)
     for ax, metric in zip(axes, shown, strict=False):
         _metric_bars(ax, models, metric, METRIC_LABELS.get(metric, metric))
     for ax in axes[: len(shown) : columns]:

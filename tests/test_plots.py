@@ -240,9 +240,10 @@ def test_model_comparison_draws_the_five_summary_metrics() -> None:
          "recall_at_10": [0.2, 0.1], "ndcg_at_10": [0.4, 0.2], "coverage": [0.1, 0.2]}
     )  # fmt: skip
 
-    axes = model_comparison_plot(models).axes
+    axes = model_comparison_plot(models, note="b ranks ties").axes
 
-    assert [ax.get_title() for ax in axes] == ["RMSE", "MAE", "P@10", "R@10", "NDCG@10"]
+    assert [ax.get_title() for ax in axes[:5]] == ["RMSE", "MAE", "P@10", "R@10", "NDCG@10"]
+    assert [text.get_text() for text in axes[5].texts] == ["b ranks ties"]
     assert bar_widths(axes[2]) == pytest.approx([0.3, 0.1])
     assert tick_labels(axes[1], "y") == ["a", "b"]
 
