@@ -115,6 +115,15 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("PREFECT_API_URL", "RECSYS_PREFECT_API_URL"),
         description="a Prefect server; unset uses Prefect's ephemeral API",
     )
+    prefect_startup_timeout_seconds: int = Field(
+        default=120,
+        ge=1,
+        validation_alias=AliasChoices(
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+            "RECSYS_PREFECT_STARTUP_TIMEOUT_SECONDS",
+        ),
+        description="how long a local run waits for Prefect's temporary server to start",
+    )
     max_rejects: int = Field(default=0, ge=0, description="rejected rows tolerated per load")
     max_member_bytes: int = Field(
         default=1536 * 1024 * 1024,
@@ -244,6 +253,9 @@ class Settings(BaseSettings):
             "PREFECT_HOME": str(self.resolved_prefect_home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": False,
             "PREFECT_RESULTS_PERSIST_BY_DEFAULT": True,
+            # Prefect's default (20 s, counted in its own sleeps) is too short on a busy
+            # two-core machine: the first run's migrations alone can take longer
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": self.prefect_startup_timeout_seconds,
         }
         if self.prefect_api_url:
             overrides["PREFECT_API_URL"] = self.prefect_api_url
