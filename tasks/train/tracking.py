@@ -306,13 +306,19 @@ def compare_on_folds(
 ) -> Comparison:
     """The challenger's mean ``metric`` over the folds the champion was also evaluated on,
     against the champion's mean over the same folds (its ``fold_<metric>`` figures in MLflow).
-    No shared fold: no comparison, so the challenger does not win."""
+    No shared fold: no comparison, so the challenger does not win. A champion without any
+    per-fold figure (uploaded, not swept) is compared by its ``cv_<metric>`` tag."""
     current = champion_model_version(client, dataset)
     if current is None:
         return Comparison(True, tuple(sorted(per_fold)), None, None, None, "no champion yet")
     theirs = champion_fold_metrics(client, current, metric)
-    shared = tuple(sorted(set(per_fold) & set(theirs)))
     version = str(current.version)
+    if not theirs:  # registered without a sweep (uploaded): its stated figure is all there is
+        mine = sum(per_fold.values()) / len(per_fold)
+        by_value = compare_by_value(client, metric, mine, dataset)
+        reason = f"champion v{version} has no per-fold figures; {by_value.reason}"
+        return Comparison(by_value.better, (), mine, by_value.champion, version, reason)
+    shared = tuple(sorted(set(per_fold) & set(theirs)))
     if not shared:
         return Comparison(False, (), None, None, version,
                           f"no fold in common with champion v{version} to compare {metric} on")  # fmt: skip
