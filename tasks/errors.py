@@ -177,7 +177,8 @@ def _prefect_unavailable(exc: BaseException, settings: Settings | None) -> Expla
         return Explanation(
             "Prefect's temporary API server did not start in time (a busy machine?)",
             "Start the project's server once (recsys server start; local runs then use it), or"
-            " set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90.",
+            " raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+            f"{f' (now {settings.prefect_startup_timeout_seconds})' if settings else ''}.",
         )
     if "Failed to reach API at" in text or "Cannot connect to API" in text:
         return Explanation(
