@@ -59,6 +59,8 @@ def test_migrations_apply_once(database_url: str) -> None:
         "V003__fold_zero",
         "V004__ratings_keys_on_ids",
         "V005__load_build",
+        "V006__serving_predictions",
+        "V007__outbox_failed",
     ]
     assert migrate(database_url) == []
 
