@@ -367,8 +367,9 @@ def findings(
     rated = {k: float(v) for k, m in by_model.items() if (v := m.get(metric)) is not None}
     if rated:
         best = (min if metric in LOWER_IS_BETTER else max)(rated, key=rated.__getitem__)
-        said.append(f"The best model by {metric} is {display_name(best)} "
-                    f"({metric} {rated[best]:.4f}).")  # fmt: skip
+        label = METRIC_LABELS.get(metric, metric)
+        said.append(f"The best model by {label} is {display_name(best)} "
+                    f"({label} {rated[best]:.4f}).")  # fmt: skip
     said += cluster_findings(table)
     if cold_start is not None and not cold_start.is_empty():
         said.append(cold_start_finding(cold_start))

@@ -143,7 +143,7 @@ def test_report_says_what_the_sweep_found(trained: Trained) -> None:
     markdown = (Path(report().folder) / "report.md").read_text()
 
     found = markdown.split("## What the sweep found")[1].split("## ")[0]
-    assert "The best model by rmse is " in found
+    assert "The best model by RMSE is " in found
     assert "Clusters " in found and "from k=1 to k=2 clusters" in found
     assert "Cold start (NDCG@10 on 1 fold(s), thin margins" in found
     assert "the K-Means fold-in " in found and "k=3: " in found
