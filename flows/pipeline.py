@@ -60,8 +60,8 @@ def where_to_look(settings: Settings, result: PipelineResult) -> str:
     prefect_ui = (
         settings.prefect_api_url.removesuffix("/").removesuffix("/api")
         if settings.prefect_api_url
-        else f"PREFECT_HOME={settings.resolved_prefect_home} prefect server start"
-        " (then http://127.0.0.1:4200)"
+        else "recsys server start (then http://127.0.0.1:4200; its home is"
+        f" {settings.resolved_prefect_home}, where this run's history is)"
     )
     return "\n".join(
         [
@@ -71,6 +71,7 @@ def where_to_look(settings: Settings, result: PipelineResult) -> str:
             f"Lake: {settings.resolved_lake_url}",
             f"MLflow UI: {mlflow_ui}",
             f"Prefect UI: {prefect_ui}",
+            f"Serve it: recsys serve (then http://{settings.api_host}:{settings.api_port}/docs)",
         ]
     )
 

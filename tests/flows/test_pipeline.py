@@ -21,7 +21,7 @@ def test_pipeline_main_runs_every_stage_on_the_embedded_defaults(pipeline_run: P
     done, home = pipeline_run.done, pipeline_run.home  # tests/pipeline_home.py: the one run
 
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.strip().splitlines()[-5:]
+    lines = done.stdout.strip().splitlines()[-6:]
     assert lines[0].startswith("Report: ") and lines[0].endswith("report.md (plots beside it)")
     assert lines[1].startswith("Champion: movielens-recommender version 1")
     report_md = Path(lines[0].removeprefix("Report: ").split(" ")[0])
@@ -63,6 +63,6 @@ def test_where_to_look_names_the_servers_when_configured(
     assert "Report: /reports/x/report.md" in local
     assert "version 2 (this run registered v3 as challenger)" in local
     assert f"mlflow ui --backend-store-uri sqlite:///{recsys_env}" in local
-    assert "prefect server start" in local
+    assert "recsys server start" in local and "recsys serve " in local
     assert "MLflow UI: http://mlflow:5000" in served
     assert "Prefect UI: http://prefect:4200" in served
