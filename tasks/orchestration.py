@@ -4,10 +4,13 @@ on S3, and the sweep's task runner."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -40,6 +43,8 @@ def prefect_environment(settings: Settings | None = None) -> Iterator[Settings]:
             overrides["PREFECT_API_URL"] = server.api_url
     updates = {getattr(prefect.settings, name): value for name, value in overrides.items()}
     with temporary_settings(updates=updates):
+        if "PREFECT_API_URL" not in overrides:
+            prepare_local_database(settings)
         if not settings.lake_is_s3:
             yield settings
             return
@@ -48,6 +53,31 @@ def prefect_environment(settings: Settings | None = None) -> Iterator[Settings]:
             updates={prefect.settings.PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: block_slug}
         ):
             yield settings
+
+
+def prepare_local_database(settings: Settings) -> None:
+    """Create and migrate Prefect's database in the project's Prefect home once, under a file
+    lock, before a temporary server does it: runs started together on a fresh home would race
+    on the same SQLite file's migrations (and fail with 'Timed out while attempting to connect
+    to ephemeral Prefect API server'). Later runs find the marker and skip this."""
+    import fcntl
+
+    import prefect
+    from prefect.server.database import provide_database_interface
+
+    home = settings.resolved_prefect_home
+    marker = home / f".database-ready-{prefect.__version__}"
+    if marker.exists():
+        return
+    with open(home / ".database.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if marker.exists():  # another run did it while this one waited
+            return
+        # in a thread of its own, with this context's settings: a caller may run an event loop
+        context = contextvars.copy_context()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(context.run, asyncio.run, provide_database_interface().create_db()).result()
+        marker.touch()
 
 
 @dataclass(frozen=True)
