@@ -230,8 +230,7 @@ def summary(name: str, result: Any, settings: Any) -> str:
         state = "loaded" if result.loaded else "already current"
         return f"Warehouse {state}: {result.dataset} version {result.version} {result.row_counts}"
     if name == "train":
-        return (f"Champion: {result.champion_version}; this run's model: v{result.version} "
-                f"({result.alias})")  # fmt: skip
+        return f"Champion: version {result.champion_version or 'none yet'}. {result.outcome}"
     if name == "report":
         return f"Report: {result.folder}/report.md"
     return "Stack healthy"

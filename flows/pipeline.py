@@ -66,8 +66,8 @@ def where_to_look(settings: Settings, result: PipelineResult) -> str:
     return "\n".join(
         [
             f"Report: {result.report.folder}/report.md (plots beside it)",
-            f"Champion: movielens-recommender version {champion.champion_version}"
-            f" (this run registered v{champion.version} as {champion.alias})",
+            f"Champion: movielens-recommender version {champion.champion_version or 'none yet'}."
+            f" {champion.outcome}",
             f"Lake: {settings.resolved_lake_url}",
             f"MLflow UI: {mlflow_ui}",
             f"Prefect UI: {prefect_ui}",

@@ -28,7 +28,7 @@ def test_pipeline_main_runs_every_stage_on_the_embedded_defaults(pipeline_run: P
     assert report_md.is_file() and report_md.is_relative_to(home / "reports")
     text = report_md.read_text()
     assert "| ratings | 100000 |" in text and "| users | 943 |" in text
-    assert "| items | 1682 |" in text and "| knn_tuned |" in text
+    assert "| items | 1682 |" in text and "| K-Means KNN (tuned) |" in text
     for name in ("rating_distribution", "long_tail", "genre_popularity", "heatmap_rmse"):
         assert (report_md.parent / f"{name}.png").is_file()
     for part in ("lake", "postgres", "mlflow", "prefect"):
@@ -47,7 +47,7 @@ def test_where_to_look_names_the_servers_when_configured(
 ) -> None:
     champion = ChampionRecord(
         version="3", alias="challenger", champion_version="2", run_id="r", metric="rmse",
-        value=0.9, lake_uri="file:///lake/models/v3",
+        value=0.9, lake_uri="file:///lake/models/v3", outcome="Registered v3 as challenger.",
     )  # fmt: skip
     reported = ReportRecord(
         folder="/reports/x", files=[], markdown="", sweep_run_id="s", ts_ms=0,
@@ -61,7 +61,7 @@ def test_where_to_look_names_the_servers_when_configured(
     served = where_to_look(load_settings(), result)
 
     assert "Report: /reports/x/report.md" in local
-    assert "version 2 (this run registered v3 as challenger)" in local
+    assert "version 2. Registered v3 as challenger." in local
     assert f"mlflow ui --backend-store-uri sqlite:///{recsys_env}" in local
     assert "recsys server start" in local and "recsys serve " in local
     assert "MLflow UI: http://mlflow:5000" in served
