@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import tasks.process_env  # noqa: F401  (first: the environment, before Prefect and MLflow)
+
+# isort: split
 
 import uvicorn
 
@@ -11,8 +13,6 @@ from tasks.config import load_settings
 
 def main() -> None:
     settings = load_settings()
-    # before anything imports Prefect (the app does): its home is created at import
-    os.environ.setdefault("PREFECT_HOME", str(settings.resolved_prefect_home))
     uvicorn.run(
         "api.app:create_app",
         factory=True,

@@ -7,6 +7,10 @@ traceback goes to ``$RECSYS_HOME/logs/recsys.log`` (or to the screen with ``--de
 
 from __future__ import annotations
 
+import tasks.process_env  # noqa: F401  (first: the environment, before Prefect and MLflow)
+
+# isort: split
+
 import argparse
 import importlib
 import inspect

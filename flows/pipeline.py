@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import tasks.process_env  # noqa: F401  (first: the environment, before Prefect and MLflow)
+
+# isort: split
+
 import sys
 from typing import Literal
 

@@ -3,6 +3,10 @@ run's metrics as ThingsBoard telemetry (through the outbox, when ThingsBoard is 
 
 from __future__ import annotations
 
+import tasks.process_env  # noqa: F401  (first: the environment, before Prefect and MLflow)
+
+# isort: split
+
 import sys
 
 from prefect import flow

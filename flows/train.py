@@ -3,6 +3,10 @@ and write its top-N recommendations for every user to PostgreSQL."""
 
 from __future__ import annotations
 
+import tasks.process_env  # noqa: F401  (first: the environment, before Prefect and MLflow)
+
+# isort: split
+
 import sys
 from typing import Literal
 

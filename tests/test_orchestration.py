@@ -44,3 +44,22 @@ def test_first_runs_started_together_do_not_race_on_prefects_database(tmp_path: 
     # the migrations ran once, before any temporary server: none of them found a table made
     assert not [out for out in outputs if "already exists" in out]
     assert list((tmp_path / "home" / "prefect").glob(".database-ready-*"))
+
+
+@pytest.mark.slow
+def test_a_flow_writes_nothing_outside_recsys_home(tmp_path: Path) -> None:
+    home = tmp_path / "user"
+    home.mkdir()
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("RECSYS_", "PREFECT_", "MLFLOW_"))
+    }
+    env |= {"HOME": str(home), "RECSYS_HOME": str(home / "project")}
+
+    done = subprocess.run(
+        [sys.executable, str(REPO / "flows" / "health.py")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    # no ~/.prefect (Prefect's home is set before it is imported), no ~/.config/mlflow
+    assert sorted(p.name for p in home.iterdir()) == ["project"]
