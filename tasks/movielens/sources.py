@@ -322,7 +322,7 @@ def store_raw_files(archive: FetchedArchive, lake_url: str, dataset: str) -> Raw
     }
     lake.put_json(f"{prefix}/{MANIFEST}", manifest)  # last: the version is now complete
     logger.info("Stored %d raw files of %s in %s", len(files), dataset, lake.uri(prefix))
-    for gone in remove_stale_partials(lake, dataset):
+    for gone in remove_stale_partials(lake, dataset, completed=prefix):
         logger.info("Removed %s, left unfinished by a run that died", lake.uri(gone))
     return RawDataset(dataset=dataset, lake_url=lake.url, sha256=archive.sha256, files=files)
 
@@ -356,11 +356,14 @@ def _copy_members(lake: Lake, prefix: str, members: list[Member]) -> tuple[RawFi
 STALE_SECONDS = 3600.0  # an unfinished raw version untouched this long is no live run's work
 
 
-def remove_stale_partials(lake: Lake, dataset: str, now: float | None = None) -> list[str]:
+def remove_stale_partials(
+    lake: Lake, dataset: str, now: float | None = None, completed: str | None = None
+) -> list[str]:
     """Delete what dead runs left under ``raw/<dataset>/``: versions without a manifest and
     temporary files (``.<name>.<uuid>.tmp``), once nothing in them changed for
-    ``STALE_SECONDS``; returns the keys or prefixes removed. A cleanup failure is logged, never
-    raised: it must not fail the ingest that completed."""
+    ``STALE_SECONDS``, and at once the temporary files in ``completed`` (the version this run
+    just completed: its own were renamed into place); returns the keys or prefixes removed. A
+    cleanup failure is logged, never raised: it must not fail the ingest that completed."""
     now = time.time() if now is None else now
     removed: list[str] = []
     try:
@@ -377,7 +380,7 @@ def remove_stale_partials(lake: Lake, dataset: str, now: float | None = None) ->
                 lake.delete(prefix)
                 removed.append(prefix)
             elif complete:
-                for key in stale:
+                for key in files if prefix == completed else stale:
                     if PurePosixPath(key).name.startswith(".") and key.endswith(".tmp"):
                         lake.delete(key)
                         removed.append(key)

@@ -251,3 +251,19 @@ def test_a_dead_runs_unfinished_version_is_removed_by_the_next_ingest_once_stale
 
     assert sorted(removed) == sorted([dead, leftover])
     assert lake.exists(f"{fresh}/u.data") and lake.exists(f"{raw.prefix}/manifest.json")
+
+
+def test_temporary_files_in_the_version_just_completed_are_removed_at_once(
+    recsys_env: Path, synthetic_folder: Path
+) -> None:
+    from tasks.movielens.sources import remove_stale_partials
+
+    lake = Lake.from_settings(load_settings())
+    raw = ingest(source=str(synthetic_folder))
+    leftover = f"{raw.prefix}/.u1.base.4567.tmp"  # a killed copy's, a moment ago
+    lake.put_bytes(leftover, b"half")
+
+    removed = remove_stale_partials(lake, raw.dataset, completed=raw.prefix)
+
+    assert removed == [leftover]
+    assert not lake.exists(leftover) and lake.exists(f"{raw.prefix}/u.data")
