@@ -27,6 +27,19 @@ def genre_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower().replace("'", "")).strip("_") or "unnamed"
 
 
+def genre_column_slugs(genres: pl.DataFrame) -> list[str]:
+    """One distinct slug per genre, in genre id order: genres whose names make the same slug
+    (``Sci-Fi``, ``Sci Fi``) each get their id after a double underscore (``sci_fi__7``), which
+    no plain slug holds, so no two genres ever share a feature column."""
+    rows = genres.sort("genre_id").select("genre_id", "name").rows()
+    slugs = [genre_slug(name) for _, name in rows]
+    shared = {slug for slug in slugs if slugs.count(slug) > 1}
+    return [
+        f"{slug}__{genre_id}" if slug in shared else slug
+        for (genre_id, _), slug in zip(rows, slugs, strict=True)
+    ]
+
+
 def item_features(
     ratings: pl.DataFrame,
     items: pl.DataFrame,
@@ -71,14 +84,15 @@ def _genre_one_hot(
 ) -> pl.DataFrame:
     members = dict(item_genres.group_by("genre_id").agg("item_id").iter_rows())
     dtype = item_ids["item_id"].dtype
+    genre_ids = genres.sort("genre_id")["genre_id"].to_list()
     return item_ids.select(
         "item_id",
         *(
             pl.col("item_id")
             .is_in(pl.Series(members.get(genre_id, []), dtype=dtype).implode())
             .cast(pl.Int8)
-            .alias(f"genre_{genre_slug(name)}")
-            for genre_id, name in genres.sort("genre_id").select("genre_id", "name").iter_rows()
+            .alias(f"genre_{slug}")
+            for genre_id, slug in zip(genre_ids, genre_column_slugs(genres), strict=True)
         ),
     )
 
@@ -138,7 +152,7 @@ def user_features(
         ):
             con.register(name, ArrowStream(frame))
         features = _query(con, USER_FEATURES_SQL, {"damping": damping})
-    columns = [f"affinity_{genre_slug(n)}" for n in genres.sort("genre_id")["name"]]
+    columns = [f"affinity_{slug}" for slug in genre_column_slugs(genres)]
     return features.with_columns(
         pl.col("affinity").list.to_struct(fields=columns),
         pl.col("rating_count").cast(pl.Int32),
