@@ -220,7 +220,11 @@ def fetch_archive(source: MovieLensSource, downloads_dir: Path) -> FetchedArchiv
 
 
 def download(url: str, downloads_dir: Path, timeout: float) -> Path:
-    """Stream ``url`` into ``downloads_dir``; the file appears complete or not at all."""
+    """Stream ``url`` into ``downloads_dir``; the file appears complete or not at all.
+
+    The file is the archive itself: a body sent with a ``Content-Encoding`` (a proxy may gzip
+    the zip) is decoded, and its ``Content-Length``, which counts the encoded bytes, is
+    compared with the bytes that came over the wire."""
     logger = get_run_logger()
     downloads_dir.mkdir(parents=True, exist_ok=True)
     target = downloads_dir / (PurePosixPath(urlparse(url).path).name or "archive.zip")
@@ -231,8 +235,21 @@ def download(url: str, downloads_dir: Path, timeout: float) -> Path:
                 raise DownloadError(f"{url}: server answered HTTP {response.status_code}")
             if response.status_code >= 400:
                 raise IngestError(f"{url}: HTTP {response.status_code} {response.reason}")
+            encoding = response.headers.get("Content-Encoding", "")
+            decoders = response.raw.CONTENT_DECODERS  # urllib3's: gzip and deflate at least
+            undecodable = [
+                coding
+                for coding in (part.strip().lower() for part in encoding.split(","))
+                if coding and coding != "identity" and coding not in decoders
+            ]
+            if undecodable:
+                # written undecoded, the file would not be the archive
+                raise IngestError(
+                    f"{url}: the server sent the archive with Content-Encoding {encoding!r}, "
+                    f"which cannot be decoded here ({', '.join(undecodable)})"
+                )
             expected = int(response.headers.get("Content-Length") or 0)
-            received = _stream_to_file(response, partial, expected, url, logger)
+            received, written = _stream_to_file(response, partial, expected, url, logger)
     except requests.RequestException as exc:
         partial.unlink(missing_ok=True)
         if _host_not_found(exc):
@@ -249,7 +266,7 @@ def download(url: str, downloads_dir: Path, timeout: float) -> Path:
         partial.unlink(missing_ok=True)
         raise DownloadError(f"{url}: truncated download, {received} of {expected} bytes")
     partial.replace(target)
-    logger.info("Downloaded %s (%d bytes) to %s", url, received, target)
+    logger.info("Downloaded %s (%d bytes, %d on the wire) to %s", url, written, received, target)
     return target
 
 
@@ -271,12 +288,15 @@ def _stream_to_file(
     expected: int,
     url: str,
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
-) -> int:
-    received, next_report = 0, PROGRESS_STEP
+) -> tuple[int, int]:
+    """Write the decoded body to ``partial``; returns (bytes received on the wire, bytes
+    written). Progress counts wire bytes, as ``expected`` (the Content-Length) does."""
+    received, written, next_report = 0, 0, PROGRESS_STEP
     with open(partial, "wb") as sink:
         for chunk in response.iter_content(chunk_size=1024 * 1024):
             sink.write(chunk)
-            received += len(chunk)
+            written += len(chunk)
+            received = response.raw.tell()  # urllib3 counts the bytes it read, before decoding
             if expected and received / expected >= next_report:
                 logger.info(
                     "Downloading %s: %d%% (%d bytes)",
@@ -285,7 +305,7 @@ def _stream_to_file(
                     received,
                 )
                 next_report += PROGRESS_STEP
-    return received
+    return response.raw.tell(), written
 
 
 def check_zip(path: Path, label: str) -> None:
