@@ -433,6 +433,7 @@ def test_train_on_each_layout(
     champion = train(
         kinds=["kmeans_knn", "forest", "bias", "popularity"], n_clusters=[1, 2],
         n_neighbors=[5], folds=folds, dataset_version=loaded.version,
+        register_model=True,  # a partial grid registers only when asked
     )  # fmt: skip
 
     assert champion.version
