@@ -49,8 +49,10 @@ from tasks.train.units import (
     sweep_table,
     top_n_for_every_user,
 )
-from tasks.warehouse.connection import database_url
+from tasks.warehouse.connection import advisory_lock, database_url
 from tasks.warehouse.loads import replace_recommendations
+
+REGISTRY_LOCK = 0x5EC5_C4A1  # pg_advisory_lock key: one model registration at a time
 
 
 class SweepRecord(BaseModel):
@@ -279,16 +281,20 @@ def promote_champion(
         )
         logger.info(outcome)
         return unregistered.model_copy(update={"outcome": outcome})
-    identity = model_identity(training, sweep.best["params"])
-    same = identical_version(client, identity, training.dataset)
-    if same is not None:
-        outcome = (
-            f"Not registered again: version {same.version} is the same model (dataset version,"
-            " configuration and code)."
-        )
-        logger.info(outcome)
-        return unregistered.model_copy(update={"outcome": outcome})
-    return _register(training, sweep, identity, value)
+    # One registration at a time on this warehouse: the identity check, the comparison with the
+    # champion and the alias move see every earlier registration, so two trainings can never
+    # both become champion nor register the same model twice.
+    with advisory_lock(database_url(settings), REGISTRY_LOCK):
+        identity = model_identity(training, sweep.best["params"])
+        same = identical_version(client, identity, training.dataset)
+        if same is not None:
+            outcome = (
+                f"Not registered again: version {same.version} is the same model (dataset"
+                " version, configuration and code)."
+            )
+            logger.info(outcome)
+            return unregistered.model_copy(update={"outcome": outcome})
+        return _register(training, sweep, identity, value)
 
 
 def _register(

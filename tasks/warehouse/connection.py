@@ -77,3 +77,15 @@ def embedded_server(folder: Path, cleanup_mode: str | None = "stop") -> Any:
 def connect(url: str, autocommit: bool = False) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(url, autocommit=autocommit) as conn:
         yield conn
+
+
+@contextmanager
+def advisory_lock(url: str, key: int) -> Iterator[None]:
+    """Hold PostgreSQL's session advisory lock ``key`` for the block: every process of the
+    project that asks for it on the same warehouse waits its turn (released if this one dies)."""
+    with connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import polars as pl
@@ -270,3 +271,25 @@ def test_embedded_postgres_when_no_url_is_set(
         assert table_counts(url, "ml-100k")["movielens.ratings"] == SMALL.ratings
     finally:
         pgserver.get_server(home / "postgres").cleanup()
+
+
+def test_an_advisory_lock_lets_one_holder_in_at_a_time(warehouse: str) -> None:
+    from tasks.warehouse.connection import advisory_lock
+
+    inside: list[int] = []
+    overlaps: list[bool] = []
+
+    def hold(name: int) -> None:
+        with advisory_lock(warehouse, 0x7E57):
+            overlaps.append(bool(inside))
+            inside.append(name)
+            time.sleep(0.3)
+            inside.remove(name)
+
+    threads = [threading.Thread(target=hold, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert overlaps == [False, False, False]
