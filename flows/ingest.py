@@ -10,8 +10,15 @@ import sys
 
 from prefect import flow
 
+from tasks.caching import unless_gone
 from tasks.config import load_settings
-from tasks.movielens.sources import RawDataset, fetch_archive, resolve_source, store_raw_files
+from tasks.movielens.sources import (
+    RawDataset,
+    fetch_archive,
+    raw_in_lake,
+    resolve_source,
+    store_raw_files,
+)
 
 
 @flow(name="ingest", log_prints=True)
@@ -25,7 +32,10 @@ def ingest(source: str | None = None, md5: str | None = None) -> RawDataset:
         source or settings.movielens_source, md5 if md5 is not None else settings.movielens_md5
     )
     archive = fetch_archive(resolved, settings.downloads_dir)
-    return store_raw_files(archive, settings.resolved_lake_url, settings.dataset)
+    # a lake wiped since the cached run is noticed: the raw files are stored again
+    return unless_gone(
+        store_raw_files, raw_in_lake, archive, settings.resolved_lake_url, settings.dataset
+    )
 
 
 if __name__ == "__main__":

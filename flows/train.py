@@ -13,15 +13,18 @@ from typing import Literal
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from tasks.caching import unless_gone
 from tasks.config import load_settings
 from tasks.orchestration import sweep_task_runner
 from tasks.train.sweep import (
     ChampionRecord,
+    champion_in_registry,
     open_experiment,
     promote_champion,
     record_sweep,
     registers_by_default,
     summary_markdown,
+    sweep_in_store,
     write_recommendations,
 )
 from tasks.train.units import (
@@ -95,16 +98,17 @@ def train(
     experiment = open_experiment.submit(settings.resolved_mlflow_tracking_uri)
     records = [record for future in futures for record in future.result()]
     experiment.result()  # the store is ready (or its error is raised here)
-    sweep = record_sweep(
-        training, records, grid, selection_metric, diagnostics.result(),
-        cold_start.result() if cold_start is not None else None,
+    # a cached record of a run a reset MLflow store lost is recorded again
+    sweep = unless_gone(
+        record_sweep, sweep_in_store, training, records, grid, selection_metric,
+        diagnostics.result(), cold_start.result() if cold_start is not None else None,
     )  # fmt: skip
     registering = (
         register_model
         if register_model is not None
         else registers_by_default(grid, sweep_folds, training, DEFAULT_GRID)
     )
-    champion = promote_champion(training, sweep, registering)
+    champion = unless_gone(promote_champion, champion_in_registry, training, sweep, registering)
     write_recommendations(training, champion, top_n)
     create_markdown_artifact(summary_markdown(sweep, champion), key="train-summary",
                              description="Best configurations and the champion")  # fmt: skip

@@ -11,9 +11,10 @@ import sys
 from prefect import flow
 
 from flows.ingest import ingest
+from tasks.caching import unless_gone
 from tasks.config import load_settings
-from tasks.features import build_features
-from tasks.movielens.curate import curate_dataset
+from tasks.features import build_features, features_in_lake
+from tasks.movielens.curate import curate_dataset, curated_in_lake
 from tasks.movielens.sources import RawDataset
 from tasks.warehouse.loads import LoadResult, load_into_warehouse
 
@@ -25,8 +26,9 @@ def transform(raw: RawDataset | None = None) -> LoadResult:
     Every step is cached on content: a rerun with unchanged raw data loads nothing.
     """
     raw = raw or ingest()
-    curated = curate_dataset(raw, load_settings().max_rejects)
-    features = build_features(curated)
+    # cached steps whose tables a wiped lake lost are computed again
+    curated = unless_gone(curate_dataset, curated_in_lake, raw, load_settings().max_rejects)
+    features = unless_gone(build_features, features_in_lake, curated)
     return load_into_warehouse(curated, features)
 
 

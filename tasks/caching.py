@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
+from prefect import Task
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
+from prefect.logging import get_run_logger
 
 PACKAGE = "movielens-recommender"
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,3 +93,23 @@ CONTENT = INPUTS + TASK_SOURCE + CodeVersion(patterns=MODEL_CODE)
 # ... and, for the tasks that write to MLflow or the warehouse, where they wrote
 DATA_LOAD = DATA_CONTENT + Destinations()
 RECORDED = CONTENT + Destinations()
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def unless_gone(
+    task: Task[P, R], present: Callable[[R], bool], *args: P.args, **kwargs: P.kwargs
+) -> R:
+    """Run ``task``, its cache allowed; when the result names what its store no longer holds (a
+    wiped lake, a reset MLflow store at the same address), run it again without the cache.
+    The cache alone would trust the store; asking the store keeps a rerun cached while true."""
+    result = task(*args, **kwargs)
+    if present(result):
+        return result
+    get_run_logger().warning(
+        "%s: its cached result points at data the store no longer holds; computing it again",
+        task.name,
+    )
+    return task.with_options(refresh_cache=True)(*args, **kwargs)

@@ -213,6 +213,12 @@ class FeatureSet(BaseModel):
         }
 
 
+def features_in_lake(features: FeatureSet) -> bool:
+    """Whether the lake still holds both feature tables of this version."""
+    lake = Lake.from_settings(load_settings(), features.lake_url)
+    return all(lake.exists(key) for key in features.table_keys().values())
+
+
 @task(cache_policy=DATA_CONTENT, persist_result=True)
 def build_features(curated: CuratedDataset) -> FeatureSet:
     """Item and user features from every rating of the curated version, stored in the lake."""

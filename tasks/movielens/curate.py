@@ -57,6 +57,12 @@ class CuratedDataset(BaseModel):
         return {name: f"{self.prefix}/{name}.parquet" for name in self.row_counts}
 
 
+def curated_in_lake(curated: CuratedDataset) -> bool:
+    """Whether the lake still holds every table of this curated version."""
+    lake = Lake.from_settings(load_settings(), curated.lake_url)
+    return all(lake.exists(key) for key in curated.table_keys().values())
+
+
 def dataset_version(raw: RawDataset, folds: FoldRule = OFFICIAL_FOLDS) -> str:
     """A short, stable version derived from the raw manifest's file hashes (and the fold rule
     when it is not the official one: other folds are another version of the tables)."""

@@ -347,6 +347,13 @@ def store_raw_files(archive: FetchedArchive, lake_url: str, dataset: str) -> Raw
     return RawDataset(dataset=dataset, lake_url=lake.url, sha256=archive.sha256, files=files)
 
 
+def raw_in_lake(raw: RawDataset) -> bool:
+    """Whether the lake still holds this raw version: its manifest and every file."""
+    lake = Lake.from_settings(load_settings(), raw.lake_url)
+    held = set(lake.list(raw.prefix))
+    return all(raw.key(name) in held for name in (MANIFEST, *(f.file for f in raw.files)))
+
+
 def read_raw_dataset(lake: Lake, dataset: str, sha256: str) -> RawDataset:
     """The completed raw dataset whose manifest is in ``lake``."""
     manifest = lake.get_json(f"raw/{dataset}/{sha256}/{MANIFEST}")

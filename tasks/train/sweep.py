@@ -9,6 +9,7 @@ from typing import Any
 import mlflow
 import polars as pl
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict
@@ -94,6 +95,26 @@ def run_tags(training: TrainingSet) -> dict[str, str]:
         "dataset_version": training.version,
         "git_commit": git_commit(),
     }
+
+
+def sweep_in_store(sweep: SweepRecord) -> bool:
+    """Whether the configured MLflow store still holds the sweep's parent run."""
+    try:
+        configure_mlflow(load_settings()).get_run(sweep.parent_run_id)
+    except MlflowException:
+        return False
+    return True
+
+
+def champion_in_registry(champion: ChampionRecord) -> bool:
+    """Whether the registry still holds the version this record names (if it names one)."""
+    if champion.version is None:
+        return True
+    try:
+        configure_mlflow(load_settings()).get_model_version(REGISTERED_MODEL, champion.version)
+    except MlflowException:
+        return False
+    return True
 
 
 @task(cache_policy=CONTENT, persist_result=True)

@@ -147,3 +147,21 @@ def test_s3_and_local_lakes_give_identical_tables(
 
     assert on_s3.version == on_local.version
     assert warehouse_snapshot(local_url) == s3_tables
+
+
+def test_a_wiped_lake_is_noticed_and_filled_again(
+    database_url: str, synthetic_folder: Path
+) -> None:
+    import shutil
+
+    first = transform(raw=ingest(source=str(synthetic_folder)))
+    lake = Lake.from_settings(load_settings())
+    shutil.rmtree(lake.path(""))  # the lake wiped; Prefect's caches still name its files
+
+    raw = ingest(source=str(synthetic_folder))
+    again = transform(raw=raw)
+
+    assert lake.exists(f"{raw.prefix}/manifest.json")
+    assert lake.list(f"curated/{raw.dataset}/{first.version}")
+    assert lake.list(f"features/{raw.dataset}/{first.version}")
+    assert again.version == first.version and not again.loaded  # the warehouse still held it
