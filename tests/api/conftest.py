@@ -4,7 +4,9 @@ real uvicorn process on a free loopback port."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -78,7 +80,11 @@ def api_postgres() -> Iterator[Postgres]:
     try:
         yield postgres
     finally:
+        # pg_ctl, not the handle: after a test's restart the handle no longer owns the server
+        with contextlib.suppress(Exception):
+            postgres.stop()
         postgres.server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="package")
