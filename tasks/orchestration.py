@@ -44,6 +44,7 @@ def prefect_environment(settings: Settings | None = None) -> Iterator[Settings]:
     updates = {getattr(prefect.settings, name): value for name, value in overrides.items()}
     with temporary_settings(updates=updates):
         if "PREFECT_API_URL" not in overrides:
+            stop_orphaned_servers(settings)
             prepare_local_database(settings)
         if not settings.lake_is_s3:
             yield settings
@@ -53,6 +54,33 @@ def prefect_environment(settings: Settings | None = None) -> Iterator[Settings]:
             updates={prefect.settings.PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: block_slug}
         ):
             yield settings
+
+
+TEMPORARY_SERVER = "prefect.server.api.server:create_app"  # in its uvicorn command line
+
+
+def stop_orphaned_servers(settings: Settings) -> list[int]:
+    """Stop the temporary Prefect servers of this Prefect home whose run died (SIGKILL leaves
+    its server running, adopted by PID 1 or a subreaper); returns their pids."""
+    import psutil
+
+    home = str(settings.resolved_prefect_home)
+    stopped = []
+    for process in psutil.process_iter(["pid", "cmdline", "ppid"]):
+        try:
+            if TEMPORARY_SERVER not in " ".join(process.info["cmdline"] or []):
+                continue
+            if process.environ().get("PREFECT_HOME") != home:
+                continue
+            parent = process.parent()
+            if parent is not None and parent.pid != 1 and "python" in parent.name():
+                continue  # its run is alive
+            process.terminate()
+            stopped.append(process.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    psutil.wait_procs([psutil.Process(pid) for pid in stopped if psutil.pid_exists(pid)], 5)
+    return stopped
 
 
 def prepare_local_database(settings: Settings) -> None:

@@ -45,6 +45,7 @@ def embedded_server(folder: Path, cleanup_mode: str | None = "stop") -> Any:
 
     server = pgserver.get_server(folder, cleanup_mode=cleanup_mode)
     with server._lock:  # pgserver's inter-process lock: one process at a time sets and restarts
+        forget_dead_users(server)
         with psycopg.connect(server.get_uri(), autocommit=True) as conn:
             stale = {
                 name: value
@@ -71,6 +72,21 @@ def embedded_server(folder: Path, cleanup_mode: str | None = "stop") -> Any:
         )
         server.ensure_postgres_running()  # its handle now follows the restarted postmaster
     return server
+
+
+def forget_dead_users(server: Any) -> list[int]:
+    """Drop the processes that died without saying so (SIGKILL) from pgserver's list of the
+    server's users: the server stops when its last user exits, and a dead one listed would keep
+    it running for ever. Returns the pids dropped. Call it holding ``server._lock``."""
+    import psutil  # pgserver's own dependency
+
+    users = server.global_process_id_list
+    listed = users.get()
+    dead = [pid for pid in listed if not psutil.pid_exists(pid)]
+    if dead:
+        users.put([pid for pid in listed if pid not in dead])
+        logger.info("the embedded PostgreSQL's users %s are gone: forgotten", dead)
+    return dead
 
 
 @contextmanager
