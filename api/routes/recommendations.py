@@ -51,6 +51,16 @@ def _check_n(service: Service, n: int) -> None:
         )
 
 
+def _check_batch(service: Service, field: str, count: int) -> None:
+    limit = service.settings.api_max_batch
+    if count > limit:
+        raise ApiError(
+            422,
+            f"invalid request: {field}: at most {limit} (RECSYS_API_MAX_BATCH)",
+            [{"field": field, "problem": f"{count} given, at most {limit}"}],
+        )
+
+
 def answer_body(served: ServedModel, answer: Answer, request_id: str) -> dict[str, Any]:
     return {
         "user_id": answer.user_id,
@@ -102,13 +112,7 @@ def batch_recommendations(request: Request, body: BatchRecommendationsIn) -> JSO
     started = time.perf_counter()
     service = service_of(request)
     _check_n(service, body.n)
-    if len(body.user_ids) > service.settings.api_max_batch:
-        limit = service.settings.api_max_batch
-        raise ApiError(
-            422,
-            f"invalid request: user_ids: at most {limit} users (RECSYS_API_MAX_BATCH)",
-            [{"field": "user_ids", "problem": f"more than {limit} users"}],
-        )
+    _check_batch(service, "user_ids", len(body.user_ids))
     served = service.served()
     given = service.ratings.given_for(body.user_ids)
     answers = recommend_many(served, body.user_ids, body.n, given)
@@ -127,13 +131,7 @@ def predict(request: Request, body: PredictIn) -> JSONAnswer:
     pair whose user or item the model does not know (the bias baseline answered it)."""
     started = time.perf_counter()
     service = service_of(request)
-    if len(body.pairs) > service.settings.api_max_batch:
-        limit = service.settings.api_max_batch
-        raise ApiError(
-            422,
-            f"invalid request: pairs: at most {limit} pairs (RECSYS_API_MAX_BATCH)",
-            [{"field": "pairs", "problem": f"more than {limit} pairs"}],
-        )
+    _check_batch(service, "pairs", len(body.pairs))
     served = service.served()
     users = np.fromiter((p.user_id for p in body.pairs), np.int64, len(body.pairs))
     items = np.fromiter((p.item_id for p in body.pairs), np.int64, len(body.pairs))
@@ -180,13 +178,7 @@ def give_ratings(request: Request, user_id: UserId, body: RatingsIn) -> JSONAnsw
     without retraining. Open without a token (see the README): it changes only this user's
     own answers."""
     service = service_of(request)
-    if len(body.ratings) > service.settings.api_max_batch:
-        limit = service.settings.api_max_batch
-        raise ApiError(
-            422,
-            f"invalid request: ratings: at most {limit} (RECSYS_API_MAX_BATCH)",
-            [{"field": "ratings", "problem": f"more than {limit} ratings"}],
-        )
+    _check_batch(service, "ratings", len(body.ratings))
     served = service.served()
     check_ratings(served, body.ratings)
     given = service.ratings.store(user_id, body.ratings)

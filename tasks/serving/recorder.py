@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psycopg
 
+from tasks.serving.periodic import PeriodicFlush
 from tasks.warehouse.connection import connect
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def write_rows(url: str, rows: list[AnswerRow]) -> int:
 
 
 @dataclass
-class AnswerRecorder:
+class AnswerRecorder(PeriodicFlush):
     """Queues answers and writes them in batches from a background thread."""
 
     url: str
@@ -88,8 +89,6 @@ class AnswerRecorder:
     replayed: int = 0  # rows written from spool files (this process's or an earlier one's)
     last_error: str | None = None
     _queue: deque[AnswerRow] = field(default_factory=deque, repr=False)
-    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
-    _thread: threading.Thread | None = field(default=None, repr=False)
     _write_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, row: AnswerRow) -> None:
@@ -100,21 +99,15 @@ class AnswerRecorder:
     def pending(self) -> int:
         return len(self._queue)
 
+    name = "answer-recorder"
+
+    @property
+    def interval(self) -> float:
+        return self.flush_seconds
+
     def start(self) -> None:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        self._thread = threading.Thread(target=self._run, name="answer-recorder", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Write what is queued (to the spool if PostgreSQL refuses) and stop the thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        self.flush()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.flush_seconds):
-            self.flush()
+        super().start()
 
     def flush(self) -> None:
         """Write the queued rows, then replay spooled batches if the database is back."""

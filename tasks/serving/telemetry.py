@@ -19,6 +19,7 @@ from tasks.report.thingsboard import (
     deliver_pending,
     enqueue_all,
 )
+from tasks.serving.periodic import PeriodicFlush
 from tasks.serving.recorder import AnswerRow
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def interval_message(rows: Sequence[AnswerRow], ts_ms: int) -> dict[str, object]
 
 
 @dataclass
-class ServiceTelemetry:
+class ServiceTelemetry(PeriodicFlush):
     """Collects answers and queues one message per non-empty interval; a background thread
     delivers the outbox when ThingsBoard is configured (the report delivers it otherwise)."""
 
@@ -84,25 +85,15 @@ class ServiceTelemetry:
     last_error: str | None = None
     _rows: list[AnswerRow] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
-    _thread: threading.Thread | None = field(default=None, repr=False)
 
     def observe(self, row: AnswerRow) -> None:
         self._rows.append(row)  # list.append is atomic; the swap below takes the lock
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="service-telemetry", daemon=True)
-        self._thread.start()
+    name = "service-telemetry"
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        self.flush()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_seconds):
-            self.flush()
+    @property
+    def interval(self) -> float:
+        return self.interval_seconds
 
     def flush(self) -> None:
         """Queue the interval's message (if it had answers), then deliver what is pending."""
