@@ -8,6 +8,7 @@ part at a real service instead.
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -260,6 +261,15 @@ class Settings(BaseSettings):
         if self.prefect_api_url:
             overrides["PREFECT_API_URL"] = self.prefect_api_url
         return overrides
+
+
+def set_process_environment(prefect_home: bool) -> None:
+    """The environment an entry point sets before Prefect and MLflow are imported (see
+    ``tasks/process_env.py``): Prefect's home inside RECSYS_HOME (when ``prefect_home``) and
+    MLflow's usage telemetry off. Values already set win."""
+    if prefect_home:
+        os.environ.setdefault("PREFECT_HOME", str(load_settings().resolved_prefect_home))
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def load_settings(**overrides: Any) -> Settings:

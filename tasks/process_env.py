@@ -6,12 +6,9 @@ A value set in the environment (a worker's PREFECT_HOME, say) wins."""
 
 from __future__ import annotations
 
-import os
 import sys
 
-from tasks.config import load_settings
+from tasks.config import set_process_environment
 
 # Prefect imported already: too late; under pytest, the tests choose each run's home themselves
-if "prefect" not in sys.modules and "pytest" not in sys.modules:
-    os.environ.setdefault("PREFECT_HOME", str(load_settings().resolved_prefect_home))
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+set_process_environment(prefect_home="prefect" not in sys.modules and "pytest" not in sys.modules)

@@ -98,7 +98,12 @@ def test_rows_equal_answers_across_a_postgres_restart_under_load(
 def test_answers_spooled_at_shutdown_are_replayed_by_the_next_start(
     api: Api, project: Project, api_postgres: Postgres, tmp_path: Path
 ) -> None:
-    second = start_api(project, tmp_path / "second.log")
+    # a home of their own (the same MLflow store): the package's server replays only its spool
+    home = {
+        "RECSYS_HOME": str(tmp_path / "home"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{project.home / 'mlflow' / 'mlflow.db'}",
+    }
+    second = start_api(project, tmp_path / "second.log", **home)
     user = known_user(project)
     api_postgres.stop()
     try:
@@ -106,9 +111,9 @@ def test_answers_spooled_at_shutdown_are_replayed_by_the_next_start(
         assert second.stop()  # graceful: the queued answers go to the spool
     finally:
         api_postgres.restart()
-    spooled = list((project.home / "spool").glob("predictions-*.jsonl"))
+    spooled = list((tmp_path / "home" / "spool").glob("predictions-*.jsonl"))
 
-    third = start_api(project, tmp_path / "third.log")
+    third = start_api(project, tmp_path / "third.log", **home)
     try:
         assert spooled
         assert recorded(project, ids) == len(ids)
