@@ -187,8 +187,11 @@ class _ResidualModels:
 
     @classmethod
     def fit(
-        cls, train: Ratings, config: KMeansKNNConfig, dense: np.ndarray, rated: np.ndarray
-    ) -> _ResidualModels:
+        cls, train: Ratings, config: KMeansKNNConfig, dense: np.ndarray, rated: np.ndarray,
+        start: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> _ResidualModels:  # fmt: skip
+        """Similarities, rated lists and factors of the residuals; the factors refined from
+        ``start`` (a validation fit's) when given, else fit from random."""
         users, items = train.user_index, train.item_index
         residuals = dense[users, items]
         item_similarity = user_similarity = item_lists = user_lists = None
@@ -198,7 +201,7 @@ class _ResidualModels:
         if config.based in ("user", "both"):
             user_lists = rated_lists(items, users, residuals, train.n_items, train.n_users)
             user_similarity = _similarity(dense, rated, config)
-        factors = _factors(train, config, residuals)
+        factors = _refit_factors(train, config, residuals, start)
         return cls(item_similarity, user_similarity, item_lists, user_lists, factors)
 
     @classmethod
@@ -209,17 +212,7 @@ class _ResidualModels:
         """The models on all the training ratings after the validation fit ``inner``: as
         :meth:`fit` (similarities on ``inner``'s 90% cost 0.001 RMSE), but the factors refined
         from ``inner``'s by :data:`REFIT_FACTOR_ITERATIONS` ALS sweeps, not from random."""
-        users, items = train.user_index, train.item_index
-        residuals = dense[users, items]
-        item_similarity = user_similarity = item_lists = user_lists = None
-        if config.based in ("item", "both"):
-            item_lists = rated_lists(users, items, residuals, train.n_users, train.n_items)
-            item_similarity = _similarity(dense.T, rated.T, config)
-        if config.based in ("user", "both"):
-            user_lists = rated_lists(items, users, residuals, train.n_items, train.n_users)
-            user_similarity = _similarity(dense, rated, config)
-        factors = _refit_factors(train, config, residuals, inner.factors)
-        return cls(item_similarity, user_similarity, item_lists, user_lists, factors)
+        return cls.fit(train, config, dense, rated, start=inner.factors)
 
 
 def _factors(
@@ -240,7 +233,8 @@ def _refit_factors(
     inner: tuple[np.ndarray, np.ndarray] | None,
 ) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
     """The factors on all the training ratings, refined from the validation fit's ``inner``
-    by :data:`REFIT_FACTOR_ITERATIONS` ALS sweeps (both engines, so they stay equal)."""
+    by :data:`REFIT_FACTOR_ITERATIONS` ALS sweeps (both engines, so they stay equal); fit
+    from random without ``inner``."""
     if inner is None:
         return _factors(train, config, residuals)
     return fit_factors(

@@ -57,15 +57,15 @@ def recommend(
         return personal_answers(served, [user_id], n)[0]
     if not given:
         return newcomer_answer(served, user_id, n)
-    ratings = {**user_history(served, user_id), **(given or {})}
-    folded = served.model.fold_in(ratings)  # type: ignore[attr-defined]
-    pairs = served.model.recommend_for(ratings, n)  # type: ignore[attr-defined]
-    strategy = FOLD_IN if given else str(folded.strategy)
+    # given ratings (here always some) folded in with the training ones: one fold-in
+    pairs = served.model.recommend_for(  # type: ignore[attr-defined]
+        {**user_history(served, user_id), **given}, n
+    )
     return Answer(
         user_id=user_id,
         items=[int(item) for item, _ in pairs],
         scores=[float(score) for _, score in pairs],
-        strategy=strategy,
+        strategy=FOLD_IN,
         model_version=served.version,
     )
 

@@ -11,11 +11,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ import pytest
 
 from bench.synth import SyntheticSize, write_ml100k
 from recommender import KMeansKNN, Ratings
-from tests.report.test_thingsboard import TOKEN, FakeThingsBoard, Handler
+from tests.report.test_thingsboard import TOKEN, FakeThingsBoard, running_thingsboard
 
 REPO = Path(__file__).resolve().parents[2]
 API_TOKEN = "api-token-for-tests"
@@ -89,16 +87,8 @@ def api_postgres() -> Iterator[Postgres]:
 
 @pytest.fixture(scope="package")
 def api_thingsboard() -> Iterator[FakeThingsBoard]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    tb = FakeThingsBoard(url=f"http://127.0.0.1:{httpd.server_address[1]}")
-    httpd.tb = tb  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with running_thingsboard() as tb:
         yield tb
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 @dataclass

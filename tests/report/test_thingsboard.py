@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -212,6 +213,13 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def thingsboard() -> Iterator[FakeThingsBoard]:
+    with running_thingsboard() as tb:
+        yield tb
+
+
+@contextmanager
+def running_thingsboard() -> Iterator[FakeThingsBoard]:
+    """The stand-in on a free loopback port, for as long as the block runs."""
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     tb = FakeThingsBoard(url=f"http://127.0.0.1:{httpd.server_address[1]}")
     httpd.tb = tb  # type: ignore[attr-defined]
