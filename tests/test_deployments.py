@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from bench.synth import SyntheticSize, write_ml100k
 from tasks.lake import Lake
@@ -33,6 +35,10 @@ PREFECT = str(BIN / "prefect")
 POOL = "recsys-test-pool"  # not the default: prefect.yaml takes RECSYS_WORK_POOL
 SERVER_START_SECONDS = 90
 WORKER_SECONDS = 180
+SERVER_BUSY_RETRY = Retry(
+    total=6, status_forcelist=[503], allowed_methods=None, backoff_factor=0.5,
+    raise_on_status=False,
+)  # fmt: skip
 FLOW_NAMES = {"ingest", "transform", "train", "report", "pipeline", "health"}
 
 
@@ -58,7 +64,11 @@ class PrefectServer:
         }
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        response = requests.request(method, f"{self.api_url}{path}", json=body, timeout=30)
+        """One call to the server's REST API. A 503 is retried, as Prefect's own client does:
+        the server answers it for a busy SQLite file (its services write at startup)."""
+        with requests.Session() as session:
+            session.mount("http://", HTTPAdapter(max_retries=SERVER_BUSY_RETRY))
+            response = session.request(method, f"{self.api_url}{path}", json=body, timeout=30)
         response.raise_for_status()
         return response.json()
 
