@@ -12,16 +12,17 @@ import sys
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.report.summary import ReportRecord, post_telemetry, write_report
+from tasks.report.summary import ReportRecord, note_outbox, post_telemetry, write_report
 
 
 @flow(name="report", log_prints=True)
 def report(sweep_run_id: str | None = None) -> ReportRecord:
     """Report the given sweep (an MLflow run id), or the dataset's latest finished one."""
-    record = write_report(sweep_run_id)
+    written = write_report(sweep_run_id)
+    post_telemetry(written)
+    record = note_outbox(written)  # the outbox after this run's delivery ends report.md
     create_markdown_artifact(record.markdown, key="report",
                              description=f"Report of sweep {record.sweep_run_id}")  # fmt: skip
-    post_telemetry(record)
     return record
 
 

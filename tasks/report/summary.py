@@ -21,10 +21,12 @@ from tasks.config import Settings, load_settings
 from tasks.plots import markdown_table
 from tasks.report.thingsboard import (
     DeliveryReport,
+    OutboxState,
     ThingsBoardDevice,
     ThingsBoardUnavailable,
     deliver_pending,
     enqueue_all,
+    outbox_state,
     provision,
     telemetry_messages,
     telemetry_values,
@@ -551,6 +553,45 @@ def write_report_folder(
     )
 
 
+def outbox_section(state: OutboxState, configured: bool, max_attempts: int) -> list[str]:
+    """The report's last section: what the ThingsBoard outbox holds after this run's delivery,
+    with the latest messages ThingsBoard refused until they were given up, and why."""
+    lines = ["## ThingsBoard outbox", ""]
+    if not configured:
+        lines.append("ThingsBoard is not configured (THINGSBOARD_URL and a device token or tenant"
+                     " login): this run's telemetry was not queued.")  # fmt: skip
+    waiting = f"{state.pending} message(s) waiting for ThingsBoard" if state.pending else ""
+    if configured and not state.pending and not state.given_up:
+        lines.append("Every message was delivered.")
+    elif waiting:
+        lines.append(f"{waiting}; the next run or the API's next flush sends them.")
+    if state.given_up:
+        lines += [
+            "",
+            f"{state.given_up} message(s) given up after ThingsBoard refused them {max_attempts}"
+            " times (RECSYS_OUTBOX_MAX_ATTEMPTS): nothing resends them. The latest:",
+            "",
+            *markdown_table(
+                pl.DataFrame(
+                    {
+                        "outbox id": [m.outbox_id for m in state.refused],
+                        "kind": [m.kind for m in state.refused],
+                        "attempts": [m.attempts for m in state.refused],
+                        "given up (UTC)": [
+                            f"{m.failed_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}"
+                            for m in state.refused
+                        ],
+                        "reason": [
+                            (m.reason.splitlines() or [""])[0].replace("|", "\\|")
+                            for m in state.refused
+                        ],
+                    }
+                )
+            ),
+        ]
+    return lines
+
+
 def thingsboard_device(settings: Settings) -> ThingsBoardDevice:
     """The configured device; with a tenant login instead of a token, provision it first."""
     assert settings.thingsboard_url is not None
@@ -608,3 +649,16 @@ def post_telemetry(record: ReportRecord) -> DeliveryReport | None:
     else:
         logger.info("ThingsBoard: %d message(s) delivered", delivery.sent)
     return delivery
+
+
+@task(name="note-outbox")
+def note_outbox(record: ReportRecord) -> ReportRecord:
+    """End ``report.md`` with the outbox's state after this run's delivery (``outbox_section``)."""
+    settings = load_settings()
+    url = database_url(settings)
+    section = outbox_section(
+        outbox_state(url), settings.thingsboard_configured, settings.outbox_max_attempts
+    )
+    markdown = record.markdown + "\n" + "\n".join(section) + "\n"
+    (Path(record.folder) / "report.md").write_text(markdown)
+    return record.model_copy(update={"markdown": markdown})

@@ -9,6 +9,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -369,6 +370,39 @@ def outbox_counts_on(conn: psycopg.Connection[Any]) -> tuple[int, int]:
 def outbox_counts(url: str) -> tuple[int, int]:
     with connect(url) as conn:
         return outbox_counts_on(conn)
+
+
+@dataclass(frozen=True)
+class RefusedMessage:
+    """An outbox row ThingsBoard refused until it was given up; nothing resends it."""
+
+    outbox_id: int
+    kind: str
+    attempts: int
+    failed_at: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
+class OutboxState:
+    pending: int
+    given_up: int
+    refused: list[RefusedMessage]  # the latest given-up messages, newest first
+
+
+_LATEST_REFUSED = (
+    "SELECT outbox_id, kind, attempts, failed_at, coalesce(last_error, '') FROM ops.telemetry_outbox"
+    " WHERE delivered_at IS NULL AND failed_at IS NOT NULL ORDER BY failed_at DESC, outbox_id DESC"
+    " LIMIT %s"
+)
+
+
+def outbox_state(url: str, latest: int = 5) -> OutboxState:
+    """Messages waiting, and the ``latest`` of those given up with their reasons."""
+    with connect(url) as conn:
+        pending, given_up = outbox_counts_on(conn)
+        rows = conn.execute(_LATEST_REFUSED, (latest,)).fetchall()
+    return OutboxState(pending, given_up, [RefusedMessage(*row) for row in rows])
 
 
 def report_to_thingsboard(

@@ -291,3 +291,36 @@ def test_tenant_login_failing_keeps_the_telemetry_for_the_next_run(
 
     assert [kind for kind, _ in thingsboard.received] == ["telemetry", "attributes"]
     assert outbox_state(trained.database_url) == [("telemetry", True), ("attributes", True)]
+
+
+def test_messages_thingsboard_refuses_are_given_up_and_shown_in_the_report(
+    trained: Trained, device_env: FakeThingsBoard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 4xx is retried by the next runs up to RECSYS_OUTBOX_MAX_ATTEMPTS, then given up; the
+    report's last section lists it with ThingsBoard's reason, and a good run says so."""
+    monkeypatch.setenv("RECSYS_OUTBOX_MAX_ATTEMPTS", "2")
+    device_env.refuse = True
+
+    first = report()
+    second = report()
+
+    assert "2 message(s) waiting for ThingsBoard" in first.markdown
+    assert "given up" not in first.markdown
+    section = second.markdown.split("## ThingsBoard outbox", 1)[1]
+    assert "2 message(s) given up after ThingsBoard refused them 2 times" in section
+    refused = [line for line in section.splitlines() if "HTTP 400" in line]
+    assert [line.split("|")[2].strip() for line in refused] == ["attributes", "telemetry"]
+    assert (Path(second.folder) / "report.md").read_text() == second.markdown
+
+    device_env.refuse = False
+    third = report()
+    assert device_env.received == []  # given up: never sent again
+    assert "2 message(s) given up" in third.markdown
+
+
+def test_a_delivered_run_ends_its_report_saying_so(
+    trained: Trained, device_env: FakeThingsBoard
+) -> None:
+    record = report()
+
+    assert record.markdown.rstrip().endswith("Every message was delivered.")
