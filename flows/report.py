@@ -12,13 +12,22 @@ import sys
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.report.summary import ReportRecord, note_outbox, post_telemetry, write_report
+from tasks.caching import unless_gone
+from tasks.report.summary import (
+    ReportRecord,
+    find_sweep,
+    note_outbox,
+    post_telemetry,
+    report_written,
+    write_report,
+)
 
 
 @flow(name="report", log_prints=True)
 def report(sweep_run_id: str | None = None) -> ReportRecord:
     """Report the given sweep (an MLflow run id), or the dataset's latest finished one."""
-    written = write_report(sweep_run_id)
+    # a rerun of the same sweep, champion and data is cached, unless its folder lost a file
+    written = unless_gone(write_report, report_written, find_sweep(sweep_run_id))
     post_telemetry(written)
     record = note_outbox(written)  # the outbox after this run's delivery ends report.md
     create_markdown_artifact(record.markdown, key="report",

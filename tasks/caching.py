@@ -18,8 +18,8 @@ from prefect.logging import get_run_logger
 PACKAGE = "movielens-recommender"
 ROOT = Path(__file__).resolve().parents[1]
 # What a result depends on beyond its task's own source, so that changing it computes anew
-# instead of returning a stale result, and changing anything else (the report, the health
-# check, ThingsBoard) keeps every cache.
+# instead of returning a stale result, and changing anything else (the health check, the
+# service) keeps every cache.
 SHARED_CODE = ("tasks/config.py", "tasks/lake.py", "tasks/caching.py")
 DATA_CODE = (
     *SHARED_CODE, "tasks/movielens/*.py", "tasks/features.py", "tasks/warehouse/*.py",
@@ -27,6 +27,9 @@ DATA_CODE = (
 )  # fmt: skip
 MODEL_CODE = (
     *SHARED_CODE, "recommender/**/*.py", "tasks/train/*.py",
+)  # fmt: skip
+REPORT_CODE = (
+    *MODEL_CODE, "tasks/report/*.py", "tasks/plots.py", "tasks/warehouse/*.py",
 )  # fmt: skip
 
 
@@ -93,6 +96,8 @@ CONTENT = INPUTS + TASK_SOURCE + CodeVersion(patterns=MODEL_CODE)
 # ... and, for the tasks that write to MLflow or the warehouse, where they wrote
 DATA_LOAD = DATA_CONTENT + Destinations()
 RECORDED = CONTENT + Destinations()
+# ... and the report, from what it shows (its inputs) into the warehouse and MLflow it read
+REPORTED = INPUTS + TASK_SOURCE + CodeVersion(patterns=REPORT_CODE) + Destinations()
 
 
 P = ParamSpec("P")

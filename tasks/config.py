@@ -260,6 +260,13 @@ class Settings(BaseSettings):
         }
         if self.prefect_api_url:
             overrides["PREFECT_API_URL"] = self.prefect_api_url
+        # A flow's heartbeat thread sleeps in whole seconds and is joined when the flow ends:
+        # up to 1 s at the end of every flow and subflow, 3 s of a 14 s cached pipeline run
+        # (bench/pipeline.py). Heartbeats let automations mark a run whose process vanished;
+        # a local run's process is the user's own. Workers keep them (they never come here),
+        # and a PREFECT_FLOWS_HEARTBEAT_FREQUENCY set in the environment wins.
+        if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" not in os.environ:
+            overrides["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = None
         return overrides
 
 

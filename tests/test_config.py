@@ -77,6 +77,15 @@ def test_prefect_runs_locally_with_analytics_off(recsys_env: Path) -> None:
     assert overrides["PREFECT_HOME"] == str((recsys_env / "prefect").resolve())
     assert overrides["PREFECT_SERVER_ANALYTICS_ENABLED"] is False
     assert "PREFECT_API_URL" not in overrides
+    assert overrides["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] is None  # no 1 s join per flow
+
+
+def test_a_heartbeat_frequency_from_the_environment_wins(
+    recsys_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
+
+    assert "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" not in load_settings().prefect_overrides()
 
 
 def test_only_the_settings_module_reads_the_environment() -> None:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from recommender import PAPER_RMSE
 from tasks import plots
+from tasks.caching import REPORTED
 from tasks.config import Settings, load_settings
 from tasks.plots import markdown_table
 from tasks.report.thingsboard import (
@@ -49,6 +50,7 @@ from tasks.train.units import (
     display_name,
 )
 from tasks.warehouse.connection import database_url
+from tasks.warehouse.loads import current_load
 from tasks.warehouse.queries import export_frame, table_counts
 from tasks.warehouse.schema import migrate
 
@@ -511,7 +513,7 @@ def champion_attributes(sweep: SweepSummary, champion: ChampionSummary | None) -
 
 
 def write_report_folder(
-    settings: Settings, client: MlflowClient, sweep: SweepSummary
+    settings: Settings, client: MlflowClient, sweep: SweepSummary, champion: ChampionSummary | None
 ) -> ReportRecord:
     """``reports/<run>/``: EDA and sweep plots and ``report.md``; rewritten on a rerun."""
     url = database_url(settings)
@@ -525,7 +527,6 @@ def write_report_folder(
         if table != "movielens.folds"
     }
     stars = rating_counts(frames["ratings"])
-    champion = champion_summary(client, sweep.dataset)
     folder = settings.resolved_reports_dir / sweep.folder_name
     folder.mkdir(parents=True, exist_ok=True)
     images = [
@@ -609,15 +610,48 @@ def thingsboard_device(settings: Settings) -> ThingsBoardDevice:
 
 
 # --- the Prefect tasks -------------------------------------------------------------------------
-@task(name="write-report")
-def write_report(sweep_run_id: str | None = None) -> ReportRecord:
-    """Find the sweep (given, or the latest of the dataset) and write its report folder."""
+class ReportSource(BaseModel):
+    """What a report shows: the sweep, the champion, the warehouse's loaded version of the
+    dataset (its EDA) and where the report goes; the report's cache key."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sweep: SweepSummary
+    champion: ChampionSummary | None
+    loaded_version: str | None
+    reports_dir: str
+
+
+@task(name="find-sweep")
+def find_sweep(sweep_run_id: str | None = None) -> ReportSource:
+    """The sweep (given, or the latest of the dataset), the champion and the loaded data."""
     settings = load_settings()
     client = configure_mlflow(settings)
     sweep = latest_sweep(client, settings.dataset, sweep_run_id)
-    record = write_report_folder(settings, client, sweep)
-    get_run_logger().info("Report of sweep %s written to %s", sweep.run_id, record.folder)
+    loaded = current_load(database_url(settings), sweep.dataset)
+    return ReportSource(
+        sweep=sweep, champion=champion_summary(client, sweep.dataset),
+        loaded_version=loaded[0] if loaded else None,
+        reports_dir=str(settings.resolved_reports_dir),
+    )  # fmt: skip
+
+
+# A rerun on the same sweep, champion and data with the same code returns the report already
+# written (the EDA figures alone take 2 s), unless its folder lost a file (report_written).
+@task(name="write-report", cache_policy=REPORTED, persist_result=True)
+def write_report(source: ReportSource) -> ReportRecord:
+    """The report folder of ``source``: plots, report.md (without the outbox section)."""
+    settings = load_settings()
+    client = configure_mlflow(settings)
+    record = write_report_folder(settings, client, source.sweep, source.champion)
+    get_run_logger().info("Report of sweep %s written to %s", source.sweep.run_id, record.folder)
     return record
+
+
+def report_written(record: ReportRecord) -> bool:
+    """Does the report's folder still hold every file it was written with?"""
+    folder = Path(record.folder)
+    return all((folder / name).is_file() for name in record.files)
 
 
 @task(name="post-telemetry")

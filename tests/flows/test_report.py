@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from tasks.serving.telemetry import ANSWER_KEYS, INTERVAL_KEYS
 from tasks.train.tracking import configure_mlflow
 from tasks.warehouse.connection import connect
 from tasks.warehouse.queries import read_table
-from tests.conftest import synthetic_project
+from tests.conftest import synthetic_project, task_run_states
 from tests.report.test_thingsboard import ADMIN, DASHBOARD, TOKEN, FakeThingsBoard, thingsboard
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -188,6 +189,33 @@ def test_unconfigured_thingsboard_is_said_once(
     assert state.is_completed()
     said = [r for r in caplog.records if "ThingsBoard is not configured" in r.getMessage()]
     assert len(said) == 1
+
+
+def report_task_states(state: Any, task: str = "write_report") -> list[str]:
+    """The states of ``task``'s runs in a finished report flow run (Prefect records them from
+    events, a moment after the flow returns)."""
+    deadline = time.monotonic() + 15
+    while True:
+        runs = sorted(task_run_states(state).get(task, []))
+        if (runs and "?" not in runs and "Running" not in runs) or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.5)
+
+
+def test_a_rerun_of_the_same_sweep_reuses_its_report_unless_a_file_is_gone(
+    trained: Trained,
+) -> None:
+    first = report(return_state=True)
+    again = report(return_state=True)
+
+    assert report_task_states(again) == ["Cached"]  # the same sweep, champion, data and code
+    assert again.result() == first.result()
+    folder = Path(first.result().folder)
+    (folder / "elbow.png").unlink()
+    redrawn = report(return_state=True)
+
+    assert report_task_states(redrawn) == ["Cached", "Completed"]  # the folder lost a plot
+    assert (folder / "elbow.png").stat().st_size > 0
 
 
 # --- ThingsBoard --------------------------------------------------------------------------------
