@@ -17,6 +17,7 @@ from flows.report import report
 from flows.train import ModelKind, train
 from flows.transform import transform
 from tasks.config import Settings
+from tasks.orchestration import running_local_server
 from tasks.report.summary import ReportRecord
 from tasks.train.sweep import ChampionRecord
 
@@ -61,12 +62,16 @@ def where_to_look(settings: Settings, result: PipelineResult) -> str:
         else f"mlflow ui --backend-store-uri {settings.resolved_mlflow_tracking_uri}"
         " (then http://127.0.0.1:5000)"
     )
-    prefect_ui = (
-        settings.prefect_api_url.removesuffix("/").removesuffix("/api")
-        if settings.prefect_api_url
-        else "recsys server start (then http://127.0.0.1:4200; its home is"
-        f" {settings.resolved_prefect_home}, where this run's history is)"
-    )
+    local = None if settings.prefect_api_url else running_local_server(settings)
+    if settings.prefect_api_url:
+        prefect_ui = settings.prefect_api_url.removesuffix("/").removesuffix("/api")
+    elif local is not None:
+        prefect_ui = f"{local.url} (the project's server, recsys server start; this run is there)"
+    else:
+        prefect_ui = (
+            "recsys server start (then http://127.0.0.1:4200; its home is"
+            f" {settings.resolved_prefect_home}, where this run's history is)"
+        )
     return "\n".join(
         [
             f"Report: {result.report.folder}/report.md (plots beside it)",

@@ -66,3 +66,57 @@ def test_where_to_look_names_the_servers_when_configured(
     assert "recsys server start" in local and "recsys serve " in local
     assert "MLflow UI: http://mlflow:5000" in served
     assert "Prefect UI: http://prefect:4200" in served
+
+
+def test_where_to_look_names_the_running_local_server(
+    recsys_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run against the project's server (``recsys server start``) points at its UI, not at
+    how to start one."""
+    import http.server
+    import json
+    import os
+    import threading
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            self.send_response(200 if self.path == "/api/health" else 404)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        settings = load_settings()
+        settings.resolved_prefect_home.mkdir(parents=True, exist_ok=True)
+        (settings.resolved_prefect_home / "server.json").write_text(
+            json.dumps({"pid": os.getpid(), "url": url})
+        )
+        result = PipelineResult(
+            champion=ChampionRecord(
+                version=None,
+                alias=None,
+                champion_version="1",
+                run_id=None,
+                metric="rmse",
+                value=0.9,
+                lake_uri=None,
+            ),  # fmt: skip
+            report=ReportRecord(
+                folder="/reports/x",
+                files=[],
+                markdown="",
+                sweep_run_id="s",
+                ts_ms=0,
+                champion_version="1",
+                values={},
+                attributes={},
+            ),  # fmt: skip
+        )
+        told = where_to_look(settings, result)
+        server.shutdown()
+
+    assert f"Prefect UI: {url} (the project's server" in told
+    assert "recsys server start (then" not in told
