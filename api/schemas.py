@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Problem(BaseModel):
@@ -85,9 +85,30 @@ class RatingsIn(BaseModel):
 
     ratings: dict[int, float] = Field(
         min_length=1,
-        description="item id -> rating on the dataset's scale",
+        description="item id -> rating on the dataset's scale; a list of"
+        ' {"item_id": ..., "rating": ...} objects is taken too',
         examples=[{"50": 5, "172": 4.0, "181": 3}],
     )
+
+    @field_validator("ratings", mode="before")
+    @classmethod
+    def _from_a_list(cls, value: Any) -> Any:
+        """``[{"item_id": 50, "rating": 5}, ...]`` as the mapping; an item given twice is
+        refused (which of the two would count is not the client's to guess)."""
+        if not isinstance(value, list):
+            return value
+        pairs = [RatingIn.model_validate(entry) for entry in value]
+        twice = sorted({p.item_id for p in pairs if sum(q.item_id == p.item_id for q in pairs) > 1})
+        if twice:
+            raise ValueError(f"item(s) {', '.join(map(str, twice))} given more than once")
+        return {p.item_id: p.rating for p in pairs}
+
+
+class RatingIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: int
+    rating: float
 
 
 class RatingsOut(BaseModel):

@@ -141,6 +141,27 @@ def test_given_ratings_change_a_new_users_list_at_once(api: Api, project: Projec
     assert [i["item_id"] for i in after["items"]] != [i["item_id"] for i in before["items"]]
 
 
+def test_ratings_may_come_as_a_list_of_objects(api: Api, project: Project) -> None:
+    user = unknown_user(project) + 2
+    item = unrated_item(project, known_user(project))
+    with api.client() as client:
+        stored = client.post(
+            f"/users/{user}/ratings", json={"ratings": [{"item_id": item, "rating": 4}]}
+        )
+        twice = client.post(
+            f"/users/{user}/ratings",
+            json={"ratings": [{"item_id": item, "rating": 4}, {"item_id": item, "rating": 2}]},
+        )
+        after = client.get(f"/recommendations/{user}").json()
+
+    assert stored.status_code == 201 and stored.json()["given"] == 1
+    assert twice.status_code == 422
+    assert twice.json()["fields"][0]["field"] == "ratings"
+    assert f"item(s) {item} given more than once" in twice.json()["fields"][0]["problem"]
+    assert after["strategy"] == "fold_in"
+    assert item not in {entry["item_id"] for entry in after["items"]}
+
+
 def test_ratings_of_unknown_items_or_off_scale_are_refused(api: Api, project: Project) -> None:
     user = known_user(project)
     item = unrated_item(project, user)
