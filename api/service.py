@@ -19,7 +19,7 @@ from tasks.serving.champion import ModelHolder, NoChampionError, ServedModel
 from tasks.serving.recorder import AnswerRecorder, AnswerRow
 from tasks.serving.telemetry import ServiceTelemetry
 from tasks.serving.user_ratings import UserRatings
-from tasks.warehouse.connection import database_url
+from tasks.warehouse.connection import database_url, release_embedded_server
 from tasks.warehouse.schema import migrate
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,9 @@ class Service:
             thread.join(timeout=10)
         self.recorder.stop()
         self.telemetry.stop()
+        # after the last flush: the embedded PostgreSQL stops with its last user even when
+        # uvicorn's re-raised SIGTERM skips the exit handlers (docker stop, kill, systemd)
+        release_embedded_server(self.settings)
 
     def _poll_models(self) -> None:
         self.models.poll(self._stop)

@@ -276,6 +276,8 @@ def set_process_environment(prefect_home: bool) -> None:
     MLflow's usage telemetry off. Values already set win."""
     if prefect_home:
         os.environ.setdefault("PREFECT_HOME", str(load_settings().resolved_prefect_home))
+        # Prefect creates its home at import without parents: a fresh RECSYS_HOME needs them
+        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 

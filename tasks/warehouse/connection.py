@@ -43,6 +43,7 @@ def embedded_server(folder: Path, cleanup_mode: str | None = "stop") -> Any:
     is its only user; otherwise they take effect when it next starts."""
     import pgserver  # the embedded default only: a bundled PostgreSQL, started on demand
 
+    folder.parent.mkdir(parents=True, exist_ok=True)  # a fresh home: the service may come first
     server = pgserver.get_server(folder, cleanup_mode=cleanup_mode)
     with server._lock:  # pgserver's inter-process lock: one process at a time sets and restarts
         forget_dead_users(server)
@@ -72,6 +73,23 @@ def embedded_server(folder: Path, cleanup_mode: str | None = "stop") -> Any:
         )
         server.ensure_postgres_running()  # its handle now follows the restarted postmaster
     return server
+
+
+def release_embedded_server(settings: Settings) -> bool:
+    """Give back this process's hold on the embedded PostgreSQL now, not at exit: the server
+    stops when its last user lets go. For processes that may never reach their exit handlers:
+    uvicorn re-raises SIGTERM once its graceful shutdown is done, and the signal's default
+    action ends the process without them, leaving the server up. Returns whether this process
+    held it (then a later ``database_url`` in this process would no longer be served)."""
+    if settings.database_url is not None:
+        return False
+    from pgserver.postgres_server import PostgresServer
+
+    server = PostgresServer._instances.get((settings.home / "postgres").expanduser().resolve())
+    if server is None:
+        return False
+    server.cleanup()  # pgserver's own exit handler: drops this pid, stops when it was the last
+    return True
 
 
 def forget_dead_users(server: Any) -> list[int]:
