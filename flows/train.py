@@ -121,7 +121,10 @@ def warehouse_version(dataset: str) -> str:
     migrate(url)
     version = current_version(url, dataset)
     if version is None:
-        raise RuntimeError(f"the warehouse holds no {dataset}: run flows/transform.py first")
+        raise RuntimeError(
+            f"the warehouse holds no {dataset}: load it first (recsys ingest, then recsys"
+            " transform; or recsys run for the whole pipeline)"
+        )
     return version
 
 

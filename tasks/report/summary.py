@@ -180,7 +180,8 @@ def latest_sweep(client: MlflowClient, dataset: str, run_id: str | None = None) 
         if not runs:
             raise ReportError(
                 f"no finished sweep of {dataset} in MLflow experiment {EXPERIMENT!r}"
-                f" ({client.tracking_uri}): run flows/train.py first"
+                f" ({client.tracking_uri}): train first (recsys train, or recsys run for the whole"
+                " pipeline)"
             )
         run_id = str(runs[0].info.run_id)
     run = client.get_run(run_id)
@@ -520,7 +521,9 @@ def write_report_folder(
     migrate(url)
     frames = dataset_frames(url, sweep.dataset)
     if frames["ratings"].is_empty():
-        raise ReportError(f"the warehouse holds no ratings of {sweep.dataset}: run the transform")
+        raise ReportError(
+            f"the warehouse holds no ratings of {sweep.dataset}: load them first (recsys transform)"
+        )
     counts = {
         table.split(".")[-1]: n
         for table, n in table_counts(url, sweep.dataset).items()

@@ -57,6 +57,26 @@ def test_an_offline_download_ends_in_three_lines_without_retries(tmp_path: Path)
 
 
 @pytest.mark.slow
+def test_a_stage_run_too_early_says_which_command_comes_first(tmp_path: Path) -> None:
+    """A new user's ``recsys report`` and ``recsys train`` on a fresh home."""
+    home = tmp_path / "home"
+
+    report = recsys("report", env=fresh_env(home), cwd=tmp_path)
+    train = recsys("train", "--folds", "1", env=fresh_env(home), cwd=tmp_path)
+
+    assert (report.returncode, train.returncode) == (1, 1)
+    told = [
+        next(line for line in done.stderr.splitlines() if line.startswith(f"recsys {name} failed"))
+        for name, done in (("report", report), ("train", train))
+    ]
+    assert told[0].endswith("train first (recsys train, or recsys run for the whole pipeline)")
+    assert told[1].endswith(
+        "the warehouse holds no ml-100k: load it first (recsys ingest, then recsys transform;"
+        " or recsys run for the whole pipeline)"
+    )
+
+
+@pytest.mark.slow
 def test_local_runs_use_the_projects_running_server(synthetic_folder: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = fresh_env(home)
