@@ -631,7 +631,9 @@ def find_sweep(sweep_run_id: str | None = None) -> ReportSource:
     settings = load_settings()
     client = configure_mlflow(settings)
     sweep = latest_sweep(client, settings.dataset, sweep_run_id)
-    loaded = current_load(database_url(settings), sweep.dataset)
+    url = database_url(settings)
+    migrate(url)  # a warehouse never loaded (or reset) reads as holding nothing, not as an error
+    loaded = current_load(url, sweep.dataset)
     return ReportSource(
         sweep=sweep, champion=champion_summary(client, sweep.dataset),
         loaded_version=loaded[0] if loaded else None,
