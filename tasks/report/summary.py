@@ -516,7 +516,8 @@ def champion_attributes(sweep: SweepSummary, champion: ChampionSummary | None) -
 def write_report_folder(
     settings: Settings, client: MlflowClient, sweep: SweepSummary, champion: ChampionSummary | None
 ) -> ReportRecord:
-    """``reports/<run>/``: EDA and sweep plots and ``report.md``; rewritten on a rerun."""
+    """``reports/<run>/``: EDA and sweep plots and ``report.md`` (the cached ``write-report``
+    task calls this; a rerun that is not cached writes the folder anew)."""
     url = database_url(settings)
     migrate(url)
     frames = dataset_frames(url, sweep.dataset)
