@@ -85,10 +85,13 @@ def release_embedded_server(settings: Settings) -> bool:
         return False
     from pgserver.postgres_server import PostgresServer
 
-    server = PostgresServer._instances.get((settings.home / "postgres").expanduser().resolve())
+    folder = (settings.home / "postgres").expanduser().resolve()
+    server = PostgresServer._instances.get(folder)
     if server is None:
         return False
     server.cleanup()  # pgserver's own exit handler: drops this pid, stops when it was the last
+    # forgotten here too, so a later use in this process registers it as a user again
+    PostgresServer._instances.pop(folder, None)
     return True
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -293,3 +294,33 @@ def test_an_advisory_lock_lets_one_holder_in_at_a_time(warehouse: str) -> None:
         thread.join()
 
     assert overlaps == [False, False, False]
+
+
+def test_a_released_embedded_server_stops_and_serves_again_on_the_next_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The service's shutdown gives pgserver's handle back (uvicorn's re-raised SIGTERM skips
+    exit handlers): the server stops with its last user, and this process may use it again."""
+    import json
+    import tempfile
+
+    from tasks.warehouse.connection import release_embedded_server
+
+    home = Path(tempfile.mkdtemp(prefix="recsys-home-", dir="/tmp"))
+    monkeypatch.delenv("RECSYS_DATABASE_URL", raising=False)
+    monkeypatch.setenv("RECSYS_HOME", str(home))
+    data = home / "postgres"
+    settings = load_settings()
+    migrate(resolve_database_url(settings))
+
+    assert release_embedded_server(settings) is True
+    assert json.loads((data / ".handle_pids.json").read_text()) == []
+    assert not (data / "postmaster.pid").exists()
+    assert release_embedded_server(settings) is False  # nothing held any more
+
+    again = resolve_database_url(settings)
+    try:
+        assert current_version(again, "ml-100k") is None
+        assert json.loads((data / ".handle_pids.json").read_text()) == [os.getpid()]
+    finally:
+        assert release_embedded_server(settings) is True
