@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import os
+import socket
 import tempfile
 import threading
 import uuid
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -152,7 +156,47 @@ def s3_lake_env(recsys_env: Path, s3_server: S3Server, monkeypatch: pytest.Monke
     return url
 
 
+# --- archives ------------------------------------------------------------------------------
+def zip_of(folder: Path) -> bytes:
+    """A zip laid out like GroupLens's: every file under a top ``ml-100k/`` folder."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.iterdir()):
+            archive.write(path, f"ml-100k/{path.name}")
+    return buffer.getvalue()
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
 # --- a loopback HTTP server -----------------------------------------------------------------
+@contextlib.contextmanager
+def loopback_http(
+    handler: type[BaseHTTPRequestHandler], poll_interval: float = 0.5
+) -> Iterator[ThreadingHTTPServer]:
+    """``handler`` served on a free loopback port for as long as the block runs; the server's
+    URL is ``server_url(server)``."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, args=(poll_interval,), daemon=True).start()
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def free_port() -> int:
+    """A loopback port free at the time of asking, for a server a test starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def server_url(httpd: ThreadingHTTPServer) -> str:
+    return f"http://127.0.0.1:{httpd.server_address[1]}"
+
+
 @dataclass
 class HttpServer:
     """Serves registered byte payloads; ``fail_first`` answers 503 that many times first."""
@@ -194,15 +238,9 @@ def http_server() -> Iterator[HttpServer]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server_state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with loopback_http(Handler) as httpd:
+        server_state.url = server_url(httpd)
         yield server_state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 # --- a real PostgreSQL ----------------------------------------------------------------------

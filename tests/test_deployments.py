@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from urllib3.util.retry import Retry
 from bench.synth import SyntheticSize, write_ml100k
 from tasks.lake import Lake
 from tasks.orchestration import RESULT_STORAGE_BLOCK
-from tests.conftest import S3Server
+from tests.conftest import S3Server, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -108,12 +107,6 @@ def stop_group(process: subprocess.Popen[Any], grace: float = 15) -> None:
             os.killpg(process.pid, 0)
         except ProcessLookupError:
             return
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

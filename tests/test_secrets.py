@@ -17,19 +17,16 @@ import io
 import json
 import os
 import re
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -39,8 +36,9 @@ import polars as pl
 import pytest
 
 from bench.synth import SyntheticSize, write_ml100k
+from tests.api.conftest import launch_api
 from tests.conftest import S3Server, new_database
-from tests.report.test_thingsboard import FakeThingsBoard, Handler
+from tests.report.test_thingsboard import FakeThingsBoard, running_thingsboard
 
 pytestmark = pytest.mark.slow
 
@@ -199,12 +197,6 @@ class SecretsRun:
     answers: dict[str, httpx.Response] = field(default_factory=dict)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def warehouse_with_password(postgres_server: str) -> tuple[str, str]:
     """A fresh database owned by a new role whose password is the marker; returns (the URL
     the pipeline gets, with the password, and the superuser's URL of the same database)."""
@@ -247,26 +239,9 @@ def unreachable_database(url: str) -> str:
 
 
 def start_api(run: SecretsRun, log: Path) -> subprocess.Popen[bytes]:
-    port = free_port()
-    env = {**run.env, "RECSYS_API_PORT": str(port)}
-    with open(log, "ab") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "api"], cwd=run.workdir, env=env, stdout=handle, stderr=handle
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the API exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/model/info", timeout=2).status_code == 200:
-                run.api_url = url
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"the API did not answer within 120 s:\n{log.read_text()}")
+    api = launch_api(run.env, log, cwd=run.workdir)
+    run.api_url = api.url
+    return api.process
 
 
 def ask_the_api(run: SecretsRun) -> None:
@@ -312,27 +287,23 @@ def secrets_run(
     # moto takes any credentials: the bucket is made with the markers the pipeline uses
     s3 = S3Server(s3_server.endpoint_url, access_key=AWS_KEY_ID, secret_key=AWS_SECRET)
     bucket = s3.create_bucket()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thingsboard = FakeThingsBoard(url=f"http://127.0.0.1:{httpd.server_address[1]}")
-    thingsboard.tokens = {TB_TOKEN}
-    httpd.tb = thingsboard  # type: ignore[attr-defined]
-    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN)} | {
-        "RECSYS_HOME": str(workdir / "home"),
-        "RECSYS_MOVIELENS_SOURCE": str(data),
-        "RECSYS_DATABASE_URL": database_url,
-        "RECSYS_LAKE_URL": f"s3://{bucket}/lake",
-        "RECSYS_S3_ENDPOINT_URL": s3.endpoint_url,
-        "AWS_ACCESS_KEY_ID": AWS_KEY_ID,
-        "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
-        "THINGSBOARD_URL": thingsboard.url,
-        "THINGSBOARD_DEVICE_TOKEN": TB_TOKEN,
-        "RECSYS_API_TOKEN": API_TOKEN,
-        "RECSYS_MODEL_POLL_SECONDS": "0.5",
-        "RECSYS_TELEMETRY_INTERVAL_SECONDS": "0.5",
-    }
-    run = SecretsRun(workdir, workdir / "home", env, admin_url, bucket, s3, thingsboard)
-    try:
+    with running_thingsboard() as thingsboard:
+        thingsboard.tokens = {TB_TOKEN}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN)} | {
+            "RECSYS_HOME": str(workdir / "home"),
+            "RECSYS_MOVIELENS_SOURCE": str(data),
+            "RECSYS_DATABASE_URL": database_url,
+            "RECSYS_LAKE_URL": f"s3://{bucket}/lake",
+            "RECSYS_S3_ENDPOINT_URL": s3.endpoint_url,
+            "AWS_ACCESS_KEY_ID": AWS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
+            "THINGSBOARD_URL": thingsboard.url,
+            "THINGSBOARD_DEVICE_TOKEN": TB_TOKEN,
+            "RECSYS_API_TOKEN": API_TOKEN,
+            "RECSYS_MODEL_POLL_SECONDS": "0.5",
+            "RECSYS_TELEMETRY_INTERVAL_SECONDS": "0.5",
+        }
+        run = SecretsRun(workdir, workdir / "home", env, admin_url, bucket, s3, thingsboard)
         # the pipeline on a small grid (which registers nothing), then a training that
         # registers a champion for the service
         run_flow_to_success(run, "pipeline", "pipeline.py", *GRID)
@@ -352,9 +323,6 @@ def secrets_run(
             api.wait(timeout=60)
         run.outputs["api log"] = log.read_text()
         yield run
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 # --- the positive controls: the secrets were in use -----------------------------------------

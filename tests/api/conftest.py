@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,17 +23,12 @@ import pytest
 
 from bench.synth import SyntheticSize, write_ml100k
 from recommender import KMeansKNN, Ratings
+from tests.conftest import free_port
 from tests.report.test_thingsboard import TOKEN, FakeThingsBoard, running_thingsboard
 
 REPO = Path(__file__).resolve().parents[2]
 API_TOKEN = "api-token-for-tests"
 SIZE = SyntheticSize(ratings=4000, users=80, items=150)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -200,12 +194,17 @@ class Api:
 
 
 def start_api(project: Project, log: Path, **extra: str) -> Api:
+    return launch_api({**project.env, **extra}, log)
+
+
+def launch_api(env: dict[str, str], log: Path, cwd: Path = REPO) -> Api:
+    """``python -m api`` with ``env`` on a free port, once it serves the champion."""
     port = free_port()
-    env = {**project.env, "RECSYS_API_PORT": str(port), **extra}
     handle = open(log, "ab")  # noqa: SIM115 (the process writes it until it stops)
     process = subprocess.Popen(
-        [sys.executable, "-m", "api"], cwd=REPO, env=env, stdout=handle, stderr=handle
-    )
+        [sys.executable, "-m", "api"], cwd=cwd, env={**env, "RECSYS_API_PORT": str(port)},
+        stdout=handle, stderr=handle,
+    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -13,7 +13,8 @@ import pytest
 import requests
 
 from tests.api.conftest import API_TOKEN, Api, Project, start_api
-from tests.test_deployments import PREFECT, PrefectServer, free_port, stop_group, wait_for_health
+from tests.conftest import free_port
+from tests.test_deployments import PREFECT, PrefectServer, stop_group, wait_for_health
 
 ENDPOINTS = ["/ingest", "/etl/run"]
 

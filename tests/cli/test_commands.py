@@ -11,7 +11,8 @@ from urllib.request import Request, urlopen
 import pytest
 
 from bench.synth import SyntheticSize, write_ml100k
-from tests.cli.conftest import free_port, fresh_env, recsys
+from tests.cli.conftest import fresh_env, recsys
+from tests.conftest import free_port
 
 TINY = SyntheticSize(ratings=2_000, users=60, items=80)
 

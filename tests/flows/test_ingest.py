@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,7 @@ from tasks.movielens.errors import (
 )
 from tasks.movielens.sources import folder_sha256
 from tasks.orchestration import prefect_environment
-from tests.conftest import HttpServer, S3Server, task_run_states
+from tests.conftest import HttpServer, S3Server, md5, task_run_states, zip_of
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -33,19 +31,6 @@ SMALL = SyntheticSize(ratings=500, users=30, items=60)
 @pytest.fixture(scope="module")
 def synthetic_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_ml100k(tmp_path_factory.mktemp("synthetic") / "ml-100k", SMALL, seed=3)
-
-
-def zip_of(folder: Path) -> bytes:
-    """A zip laid out like GroupLens's: every file under a top ``ml-100k/`` folder."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.iterdir()):
-            archive.write(path, f"ml-100k/{path.name}")
-    return buffer.getvalue()
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 def lake_keys(lake_url: str) -> list[str]:

@@ -13,6 +13,7 @@ from flows.pipeline import PipelineResult, where_to_look
 from tasks.config import load_settings
 from tasks.report.summary import ReportRecord
 from tasks.train.sweep import ChampionRecord
+from tests.conftest import loopback_http, server_url
 from tests.pipeline_home import PipelineRun
 
 
@@ -76,7 +77,6 @@ def test_where_to_look_names_the_running_local_server(
     import http.server
     import json
     import os
-    import threading
 
     class Health(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
@@ -86,9 +86,8 @@ def test_where_to_look_names_the_running_local_server(
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+    with loopback_http(Health) as server:
+        url = server_url(server)
         settings = load_settings()
         settings.resolved_prefect_home.mkdir(parents=True, exist_ok=True)
         (settings.resolved_prefect_home / "server.json").write_text(
@@ -116,7 +115,6 @@ def test_where_to_look_names_the_running_local_server(
             ),  # fmt: skip
         )
         told = where_to_look(settings, result)
-        server.shutdown()
 
     assert f"Prefect UI: {url} (the project's server" in told
     assert "recsys server start (then" not in told

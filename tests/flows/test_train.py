@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from tasks.train.tracking import (
 )
 from tasks.train.units import COLD_START_KS, COLD_START_METHODS, display_name
 from tasks.warehouse.queries import read_table
-from tests.conftest import synthetic_project, task_run_states
+from tests.conftest import free_port, synthetic_project, task_run_states
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -339,14 +339,10 @@ def test_another_datasets_model_never_competes_with_this_champion(trained: Train
     assert current_champion(mlflow_client, "ml-1m") == other.version
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.mark.slow
-def test_mlflow_models_serve_answers(trained: Trained) -> None:
+@contextmanager
+def mlflow_command(what: str, args: list[str], ready: str) -> Iterator[int]:
+    """``python -m mlflow <what> <args>`` on a free loopback port (``{port}`` in ``args``),
+    once ``GET <ready>`` answers; stopped after the block. Yields the port."""
     port = free_port()
     env = {
         **os.environ,
@@ -355,30 +351,36 @@ def test_mlflow_models_serve_answers(trained: Trained) -> None:
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m",
-         f"models:/{REGISTERED_MODEL}@champion", "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "mlflow", *what.split(), *(a.format(port=port) for a in args)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{ready}", timeout=2)
                 break
             except OSError:
-                assert server.poll() is None, "mlflow models serve exited"
-                assert time.monotonic() < deadline, "mlflow models serve did not start"
+                assert server.poll() is None, f"mlflow {what} exited"
+                assert time.monotonic() < deadline, f"mlflow {what} did not start"
                 time.sleep(0.5)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers(trained: Trained) -> None:
+    serve = ["-m", f"models:/{REGISTERED_MODEL}@champion", "--env-manager", "local",
+             "-h", "127.0.0.1", "-p", "{port}"]  # fmt: skip
+    with mlflow_command("models serve", serve, "/ping") as port:
         body = json.dumps({"dataframe_split": {"columns": ["user_id", "n"], "data": [[1, 3]]}})
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", data=body.encode(),
             headers={"Content-Type": "application/json"},
         )  # fmt: skip
         answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
     predictions = answer["predictions"]
     assert [p["rank"] for p in predictions] == [1, 2, 3]
@@ -405,26 +407,9 @@ def test_the_mlflow_ui_opens_the_experiment_on_its_training_runs(
     browser = chromium()
     if browser is None:
         pytest.skip("no headless Chromium (apt-get install chromium)")
-    port = free_port()
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
-         load_settings().resolved_mlflow_tracking_uri, "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, "mlflow ui exited"
-                assert time.monotonic() < deadline, "mlflow ui did not start"
-                time.sleep(0.5)
+    ui = ["--backend-store-uri", load_settings().resolved_mlflow_tracking_uri,
+          "--host", "127.0.0.1", "--port", "{port}"]  # fmt: skip
+    with mlflow_command("ui", ui, "/health") as port:
         experiment = client().get_experiment_by_name("movielens-recommender")
         assert experiment is not None
         url = experiment_url(f"http://127.0.0.1:{port}", experiment.experiment_id)
@@ -436,9 +421,6 @@ def test_the_mlflow_ui_opens_the_experiment_on_its_training_runs(
                        timeout=180, check=True)  # fmt: skip
         dom = subprocess.run([*browse, "--dump-dom", url], capture_output=True, text=True,
                              timeout=180, check=True).stdout  # fmt: skip
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the runs table, not the GenAI overview ("Traces 0", "Detect Issues")

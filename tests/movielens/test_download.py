@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
-import threading
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ from flows.ingest import ingest
 from tasks.config import load_settings
 from tasks.lake import Lake
 from tasks.movielens.errors import DownloadError, IngestError
+from tests.conftest import loopback_http, md5, server_url, zip_of
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -66,30 +64,15 @@ def encoding_server() -> Iterator[EncodingServer]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with loopback_http(Handler) as httpd:
+        state.url = server_url(httpd)
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """A small ml-100k zip laid out like GroupLens's (every file under ``ml-100k/``)."""
-    folder = write_ml100k(tmp_path_factory.mktemp("synthetic") / "ml-100k", SMALL, seed=5)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as handle:
-        for path in sorted(folder.iterdir()):
-            handle.write(path, f"ml-100k/{path.name}")
-    return buffer.getvalue()
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+    return zip_of(write_ml100k(tmp_path_factory.mktemp("synthetic") / "ml-100k", SMALL, seed=5))
 
 
 def gzip_answer(body: bytes) -> Answer:

@@ -5,24 +5,18 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from tests.conftest import free_port
 from tests.pipeline_home import PipelineRun
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO / "notebooks").rglob("*.ipynb"))
 EXPLORE_AND_MODEL = REPO / "notebooks" / "explore_and_model.ipynb"
 EXPECTED_RMSE = (0.85, 0.97)  # fold 1 of ml-100k, held out: the real-data bounds
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def leftovers(path: Path) -> list[str]:

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -36,6 +36,7 @@ from tasks.report.thingsboard import (
 from tasks.serving.telemetry import ANSWER_KEYS, INTERVAL_KEYS
 from tasks.warehouse.connection import connect
 from tasks.warehouse.schema import migrate
+from tests.conftest import loopback_http, server_url
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deployments" / "thingsboard" / "dashboard.json"
 TOKEN = "device-token-s3cr3t"
@@ -220,16 +221,10 @@ def thingsboard() -> Iterator[FakeThingsBoard]:
 @contextmanager
 def running_thingsboard() -> Iterator[FakeThingsBoard]:
     """The stand-in on a free loopback port, for as long as the block runs."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    tb = FakeThingsBoard(url=f"http://127.0.0.1:{httpd.server_address[1]}")
-    httpd.tb = tb  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with loopback_http(Handler, poll_interval=0.05) as httpd:
+        tb = FakeThingsBoard(url=server_url(httpd))
+        httpd.tb = tb  # type: ignore[attr-defined]
         yield tb
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def fast_device(url: str, token: str = TOKEN) -> ThingsBoardDevice:
