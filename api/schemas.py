@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -98,7 +99,8 @@ class RatingsIn(BaseModel):
         if not isinstance(value, list):
             return value
         pairs = [RatingIn.model_validate(entry) for entry in value]
-        twice = sorted({p.item_id for p in pairs if sum(q.item_id == p.item_id for q in pairs) > 1})
+        counts = Counter(p.item_id for p in pairs)
+        twice = sorted(item for item, n in counts.items() if n > 1)
         if twice:
             raise ValueError(f"item(s) {', '.join(map(str, twice))} given more than once")
         return {p.item_id: p.rating for p in pairs}

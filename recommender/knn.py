@@ -204,16 +204,6 @@ class _ResidualModels:
         factors = _refit_factors(train, config, residuals, start)
         return cls(item_similarity, user_similarity, item_lists, user_lists, factors)
 
-    @classmethod
-    def refit(
-        cls, train: Ratings, config: KMeansKNNConfig, dense: np.ndarray, rated: np.ndarray,
-        inner: _ResidualModels,
-    ) -> _ResidualModels:  # fmt: skip
-        """The models on all the training ratings after the validation fit ``inner``: as
-        :meth:`fit` (similarities on ``inner``'s 90% cost 0.001 RMSE), but the factors refined
-        from ``inner``'s by :data:`REFIT_FACTOR_ITERATIONS` ALS sweeps, not from random."""
-        return cls.fit(train, config, dense, rated, start=inner.factors)
-
 
 def _factors(
     train: Ratings, config: KMeansKNNConfig, residuals: np.ndarray
@@ -449,7 +439,6 @@ class _DenseParts(_Parts):
         self.item_labels = self._labels(dense.T, "item")
         self.cluster_bias = self._cluster_bias(dense, rated)
         models = self._residual_models(train, dense, rated, inner)
-        self.models = models
         self.item_side = self._side(models.item_similarity, models.item_lists, self.item_labels)
         self.user_side = self._side(models.user_similarity, models.user_lists, self.user_labels)
         self.factors = models.factors
@@ -477,7 +466,7 @@ class _DenseParts(_Parts):
     ) -> _ResidualModels:
         """Similarities, lists and factors of the residuals net of the cluster biases. With no
         cluster biases they do not depend on the clusters: shared between fits (cache); a
-        refit after the validation fit ``inner`` builds on its models."""
+        refit after the validation fit ``inner`` builds on its factors."""
         config = self.config
         if config.cluster_biases and (self.user_labels is not None or self.item_labels is not None):
             dense -= self.cluster_bias * rated
@@ -486,9 +475,12 @@ class _DenseParts(_Parts):
             fields = (*_RESIDUAL_FIELDS, "validation_fraction")
             key = ("kmeans_knn.residual_models.refit", train.fingerprint,
                    config_key(config, only=fields))  # fmt: skip
-            inner_models = inner.models
+            # the models on all the training ratings after the validation fit: similarities
+            # anew (reusing the validation fit's 90% cost 0.001 RMSE), the factors refined from
+            # its factors by REFIT_FACTOR_ITERATIONS ALS sweeps, not from random
+            start = inner.factors
             return shared_component(
-                key, lambda: _ResidualModels.refit(train, config, dense, rated, inner_models)
+                key, lambda: _ResidualModels.fit(train, config, dense, rated, start=start)
             )
         key = (
             "kmeans_knn.residual_models", train.fingerprint,

@@ -24,6 +24,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from tasks.config import Settings, load_settings
 from tasks.lake import Lake
+from tasks.report.thingsboard import outbox_state_on
 
 TIMEOUT_SECONDS = 5.0
 
@@ -194,16 +195,11 @@ def check_outbox(settings: Settings, database: str | None = None) -> PartHealth:
             ).fetchone()
             if migrated is None:
                 return "no outbox yet (the warehouse is migrated by the first flow or the API)"
-            row = conn.execute(
-                "SELECT count(*) FILTER (WHERE failed_at IS NULL),"
-                " count(*) FILTER (WHERE failed_at IS NOT NULL),"
-                " (array_agg(last_error ORDER BY failed_at DESC)"
-                "  FILTER (WHERE failed_at IS NOT NULL))[1]"
-                " FROM ops.telemetry_outbox WHERE delivered_at IS NULL"
-            ).fetchone()
-        pending, given_up, last = row if row else (0, 0, None)
-        detail = f"{pending} pending, {given_up} refused and given up"
-        return f"{detail} (last: {_first_line(last)})" if given_up else detail
+            state = outbox_state_on(conn, latest=1)
+        detail = f"{state.pending} pending, {state.given_up} refused and given up"
+        if not state.refused:
+            return detail
+        return f"{detail} (last: {_first_line(state.refused[0].reason)})"
 
     return probe("telemetry outbox", "ops.telemetry_outbox", counts)
 
@@ -377,9 +373,11 @@ def _reason(error: Exception) -> str:
     return f"{type(error).__name__}: {_first_line(error)}"
 
 
-def _first_line(error: Exception) -> str:
+def _first_line(error: Exception | str) -> str:
     text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__
+    if text:
+        return text[0][:300]
+    return type(error).__name__ if isinstance(error, Exception) else ""
 
 
 def _elapsed_ms(start: float) -> float:

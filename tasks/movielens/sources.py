@@ -32,6 +32,7 @@ from urllib3.exceptions import NameResolutionError
 
 from tasks.caching import DATA_CONTENT
 from tasks.config import load_settings
+from tasks.errors import exception_chain
 from tasks.lake import CHUNK_BYTES, Lake, LakeError
 from tasks.movielens.catalog import (
     Layout,
@@ -272,11 +273,8 @@ def download(url: str, downloads_dir: Path, timeout: float) -> Path:
 
 def _host_not_found(exc: BaseException) -> bool:
     """Whether a request failed because its host name did not resolve (DNS), not mid-transfer."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, socket.gaierror | NameResolutionError):
-            return True
-        seen = seen.__cause__ or seen.__context__
+    if any(isinstance(e, socket.gaierror | NameResolutionError) for e in exception_chain(exc)):
+        return True
     # requests keeps urllib3's MaxRetryError as the first argument, its reason inside
     reason = getattr(exc.args[0], "reason", None) if exc.args else None
     return isinstance(reason, NameResolutionError)

@@ -19,7 +19,7 @@ from recommender import PAPER_RMSE
 from tasks import plots
 from tasks.caching import REPORTED
 from tasks.config import Settings, load_settings
-from tasks.plots import markdown_table
+from tasks.plots import METRIC_LABELS, markdown_table
 from tasks.report.thingsboard import (
     DeliveryReport,
     OutboxState,
@@ -32,7 +32,7 @@ from tasks.report.thingsboard import (
     telemetry_messages,
     telemetry_values,
 )
-from tasks.train.sweep import COLD_START_NAMES, METRIC_LABELS, cluster_tradeoff
+from tasks.train.sweep import COLD_START_NAMES, cluster_tradeoff
 from tasks.train.tracking import (
     CHAMPION,
     EXPERIMENT,
@@ -225,11 +225,6 @@ def model_metrics(sweep: pl.DataFrame, metric: str) -> dict[str, dict[str, float
         best = ranked.sort(by, descending=by not in LOWER_IS_BETTER).row(0, named=True)
         models[str(kind)] = {m: best.get(m) for m in METRICS}
     return models
-
-
-def family_metrics(sweep: pl.DataFrame, metric: str) -> dict[str, dict[str, float | None]]:
-    """:func:`model_metrics` keyed by the telemetry's model family (``knn_tuned``)."""
-    return {FAMILIES.get(kind, kind): m for kind, m in model_metrics(sweep, metric).items()}
 
 
 def dataset_frames(url: str, dataset: str) -> dict[str, pl.DataFrame]:
@@ -518,8 +513,7 @@ def write_report_folder(
 ) -> ReportRecord:
     """``reports/<run>/``: EDA and sweep plots and ``report.md`` (the cached ``write-report``
     task calls this; a rerun that is not cached writes the folder anew)."""
-    url = database_url(settings)
-    migrate(url)
+    url = database_url(settings)  # migrated by find-sweep, which runs first
     frames = dataset_frames(url, sweep.dataset)
     if frames["ratings"].is_empty():
         raise ReportError(

@@ -367,11 +367,6 @@ def outbox_counts_on(conn: psycopg.Connection[Any]) -> tuple[int, int]:
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
-def outbox_counts(url: str) -> tuple[int, int]:
-    with connect(url) as conn:
-        return outbox_counts_on(conn)
-
-
 @dataclass(frozen=True)
 class RefusedMessage:
     """An outbox row ThingsBoard refused until it was given up; nothing resends it."""
@@ -400,8 +395,12 @@ _LATEST_REFUSED = (
 def outbox_state(url: str, latest: int = 5) -> OutboxState:
     """Messages waiting, and the ``latest`` of those given up with their reasons."""
     with connect(url) as conn:
-        pending, given_up = outbox_counts_on(conn)
-        rows = conn.execute(_LATEST_REFUSED, (latest,)).fetchall()
+        return outbox_state_on(conn, latest)
+
+
+def outbox_state_on(conn: psycopg.Connection[Any], latest: int = 5) -> OutboxState:
+    pending, given_up = outbox_counts_on(conn)
+    rows = conn.execute(_LATEST_REFUSED, (latest,)).fetchall()
     return OutboxState(pending, given_up, [RefusedMessage(*row) for row in rows])
 
 

@@ -19,7 +19,7 @@ from tasks import plots
 from tasks.caching import CONTENT, RECORDED, code_version
 from tasks.config import load_settings
 from tasks.lake import Lake
-from tasks.plots import markdown_table
+from tasks.plots import METRIC_LABELS, markdown_table
 from tasks.train.tracking import (
     REGISTERED_MODEL,
     configure_mlflow,
@@ -376,12 +376,6 @@ def version_description(training: TrainingSet, sweep: SweepRecord) -> str:
         f"{_folds(sweep.folds)}: {metrics}. Selected by {sweep.metric} in sweep run "
         f"{sweep.parent_run_id}; code {code_version()}."
     )
-
-
-METRIC_LABELS = {
-    "rmse": "RMSE", "mae": "MAE", "precision_at_10": "P@10", "recall_at_10": "R@10",
-    "ndcg_at_10": "NDCG@10", "map_at_10": "MAP@10", "coverage": "coverage",
-}  # fmt: skip
 
 
 def _folds(folds: list[int]) -> str:
