@@ -53,17 +53,19 @@ def test_held_out_ratings_never_enter_a_fit(
     results = cold_start_protocol(synthetic_folds, methods, ks=(0, 2), share=0.3)
 
     assert len(results) == len(synthetic_folds) * len(methods) * 2
-    splits = {cold_start_split(fold, share=0.3).train.fingerprint: fold for fold in synthetic_folds}
+    splits = [(cold_start_split(fold, share=0.3), fold) for fold in synthetic_folds]
     assert len(fitted) >= len(synthetic_folds) * len(methods)
-    for ratings in fitted:  # the models' own inner fits (the ranker) are recorded too
-        fold = splits[ratings.fingerprint]
-        held_out = cold_start_split(fold, share=0.3).held_out
-        assert not np.isin(ratings.raw_users(), held_out).any()
-        test_pairs = set(zip(fold.test.raw_users().tolist(), fold.test.raw_items().tolist(),
-                             strict=True))  # fmt: skip
-        fit_pairs = set(zip(ratings.raw_users().tolist(), ratings.raw_items().tolist(),
-                            strict=True))  # fmt: skip
+    # the models' own inner fits (the ranker, the blend's scorer on a share) are recorded too
+    for ratings in fitted:
+        fit_pairs = _pairs(ratings)
+        split, fold = next((s, f) for s, f in splits if fit_pairs <= _pairs(s.train))
+        assert not np.isin(ratings.raw_users(), split.held_out).any()
+        test_pairs = _pairs(fold.test)
         assert not test_pairs & fit_pairs
+
+
+def _pairs(ratings: Ratings) -> set[tuple[int, int]]:
+    return set(zip(ratings.raw_users().tolist(), ratings.raw_items().tolist(), strict=True))
 
 
 def test_protocol_reports_finite_metrics_and_strategies(synthetic_folds: list[Fold]) -> None:

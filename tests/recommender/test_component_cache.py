@@ -59,8 +59,13 @@ def test_cluster_sweep_shares_components_and_keeps_results() -> None:
     misses = component_cache_info().misses
     second = KMeansKNN(**params[1]).fit(_ratings())
     info = component_cache_info()
-    assert info.misses == misses  # residual models (full + validation split) and ranker hit
-    assert info.hits == 3
+    # the second fit misses nothing: its residual models and the blend's implicit scorer
+    # (each on the validation split and on all the ratings) and its ranker hit; the first
+    # fit's ranker hit its own refit's scorer (the same fit)
+    assert info.misses == misses
+    assert info.hits == 6
+    assert second.parts_.implicit is not None and first.parts_.implicit is not None
+    assert second.parts_.implicit.item_weights_ is first.ranker_.item_weights_
     assert second.parts_.factors is first.parts_.factors
     assert second.ranker_ is not None and first.ranker_ is not None
     assert second.ranker_.item_weights_ is first.ranker_.item_weights_

@@ -28,7 +28,9 @@ def default_result(official_folds: list[Fold]):  # type: ignore[no-untyped-def]
 
 
 def test_default_rating_model_beats_the_bar(default_result) -> None:  # type: ignore[no-untyped-def]
-    assert default_result.mean["rmse"] <= 0.910
+    # 0.9019 and u1 0.9115 (bench/models.py); without the implicit-score blend 0.9040 and 0.9140
+    assert default_result.mean["rmse"] <= 0.903
+    assert default_result.folds[0].fold == "u1" and default_result.folds[0].rmse <= 0.9125
     assert default_result.mean["mae"] < 0.72
 
 
