@@ -96,7 +96,9 @@ class KMeansKNNConfig(ModelConfig):
         default=30, ge=0, description="latent factors on the residuals; 0 = none"
     )
     factor_regularization: float = Field(default=0.15, gt=0)
-    factor_iterations: int = Field(default=10, ge=1)
+    # 5 ALS sweeps, the best on the same validation splits: 3/5/7/10 gave 0.9100/0.9099/
+    # 0.9101/0.9103 (the blend absorbs the difference), and 5 fits 0.2 s faster than 10.
+    factor_iterations: int = Field(default=5, ge=1)
     validation_fraction: float = Field(
         default=0.1, gt=0, lt=0.5, description="training share held out to fit the blend weights"
     )
