@@ -8,13 +8,15 @@ from __future__ import annotations
 import math
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
-from matplotlib.image import AxesImage
+
+if TYPE_CHECKING:  # matplotlib loads when a plot is drawn: a cached run draws none
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.image import AxesImage
 
 LOWER_IS_BETTER = frozenset({"rmse", "mae", "mse"})
 PAPER_MODEL = "paper (reported)"  # drawn like any other model
@@ -33,6 +35,8 @@ def _lower_is_better(metric: str) -> bool:
 
 
 def _new_figure(width: float = 7.0, height: float = 4.5) -> Figure:
+    from matplotlib.figure import Figure
+
     return Figure(figsize=(width, height), layout="constrained")
 
 

@@ -15,11 +15,10 @@ import time
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import polars as pl
-from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.entities.model_registry import ModelVersion
@@ -32,6 +31,9 @@ from recommender import RecommenderModel
 from tasks.config import Settings
 from tasks.lake import Lake
 from tasks.train.units import LOWER_IS_BETTER, METRICS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 EXPERIMENT = "movielens-recommender"
 # MLflow 3's UI opens an experiment on the page of its kind; without this tag it guesses a
