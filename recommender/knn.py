@@ -96,9 +96,10 @@ class KMeansKNNConfig(ModelConfig):
         default=30, ge=0, description="latent factors on the residuals; 0 = none"
     )
     factor_regularization: float = Field(default=0.15, gt=0)
-    # 5 ALS sweeps, the best on the same validation splits: 3/5/7/10 gave 0.9100/0.9099/
-    # 0.9101/0.9103 (the blend absorbs the difference), and 5 fits 0.2 s faster than 10.
-    factor_iterations: int = Field(default=5, ge=1)
+    # Not fewer: on ml-100k's validation splits 3/5/7/10 sweeps tie (0.9100/0.9099/0.9101/
+    # 0.9103: the blend absorbs it), but at scale 5 lose (bench/scale.py, sparse engine: 1M
+    # RMSE 0.7726 against 0.7659; 25M 0.9258, worse than the baseline's 0.8656).
+    factor_iterations: int = Field(default=10, ge=1)
     validation_fraction: float = Field(
         default=0.1, gt=0, lt=0.5, description="training share held out to fit the blend weights"
     )
