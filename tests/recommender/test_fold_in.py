@@ -63,8 +63,36 @@ def test_folding_in_a_trained_user_predicts_their_ratings(synthetic_folds: list[
     folded = model.predict_for(rated, unrated)
     trained = model.predict(np.full(len(unrated), 7), unrated)
 
-    # Same neighbourhoods and blend; the user's factor is one ALS step away from the fit's.
+    # Same neighbourhoods and blend (but the implicit score); the user's factor is one ALS
+    # step away from the fit's.
     assert np.abs(folded - trained).max() < 0.1
+
+
+def test_few_ratings_fold_in_without_the_implicit_score(
+    synthetic_folds: list[Fold], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train = synthetic_folds[0].train
+    model = KMeansKNN(**FAST).fit(train)
+    k, enough = model.config.n_neighbors, model.implicit_fold_in_ratings_
+    assert model.parts_.implicit is not None and enough > 2
+    # the fold-in weights: the blend's but the implicit score's three columns, fit without them
+    assert len(model.fold_in_weights_[k]) == len(model.blend_weights_[k]) - 3
+    assert not np.allclose(model.fold_in_weights_[k], model.blend_weights_[k][:-3])
+    rated = _ratings_of(train, 7)
+    few = dict(list(rated.items())[: enough - 1])
+    targets = np.setdiff1d(train.item_ids, list(rated))[:20]
+    read: list[int] = []
+    score_new_user = model.parts_.implicit.score_new_user
+
+    def recording(items: np.ndarray) -> np.ndarray:
+        read.append(len(items))
+        return score_new_user(items)
+
+    monkeypatch.setattr(model.parts_.implicit, "score_new_user", recording)
+    assert np.isfinite(model.predict_for(few, targets)).all()
+    assert read == []  # fewer ratings than the training users it was learnt on: not read
+    model.predict_for(rated, targets)
+    assert read == [len(rated)]
 
 
 def test_empty_ratings_give_a_full_list_from_the_population(synthetic_folds: list[Fold]) -> None:
