@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from recommender.base import ModelNotFittedError, RecommenderModel
+from typing import Any
+
+from recommender.base import RecommenderModel, not_fitted_error
 from recommender.baselines import BiasBaseline, BiasConfig, GlobalMean, GlobalMeanConfig
 from recommender.bias import Biases, fit_biases
 from recommender.cache import clear_component_cache, component_cache_info
@@ -50,6 +52,14 @@ from recommender.paper import PAPER_RMSE, PaperConfig, PaperKNN
 from recommender.popularity import Popularity, PopularityConfig
 from recommender.ranking import ImplicitKNN, ImplicitKNNConfig
 from recommender.registry import MODELS, build_model, config_from_params, make_config
+
+
+def __getattr__(name: str) -> Any:
+    # made on first use, not at import: see recommender.base.not_fitted_error
+    if name == "ModelNotFittedError":
+        return not_fitted_error()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "GENRES", "MODELS", "PAPER_RMSE", "BiasBaseline", "BiasConfig", "Biases",

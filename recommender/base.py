@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import numpy as np
-from sklearn.exceptions import NotFittedError
 
 from recommender.bias import Biases, fit_biases
 from recommender.config import ModelConfig, Param
@@ -28,8 +28,22 @@ MAX_RATING = 5.0
 ConfigT = TypeVar("ConfigT", bound=ModelConfig)
 
 
-class ModelNotFittedError(NotFittedError):
-    """A model was used before ``fit``."""
+@functools.cache
+def not_fitted_error() -> type[Exception]:
+    """``ModelNotFittedError`` (a model was used before ``fit``), made on first use: it
+    subclasses scikit-learn's ``NotFittedError``, so code that catches that catches it, and
+    importing scikit-learn takes about a second that a process which never meets the error
+    (``recsys train --help``, a fully cached run) should not pay."""
+    from sklearn.exceptions import NotFittedError
+
+    doc = "A model was used before ``fit``."
+    return type("ModelNotFittedError", (NotFittedError,), {"__doc__": doc, "__module__": __name__})
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ModelNotFittedError":
+        return not_fitted_error()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def as_ratings(ratings: Any, items: Any | None = None) -> Ratings:
@@ -100,7 +114,7 @@ class RecommenderModel(ABC, Generic[ConfigT]):
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "ratings_"):
-            raise ModelNotFittedError(
+            raise not_fitted_error()(
                 f"{type(self).__name__} is not fitted yet; call fit(ratings) first"
             )
 
@@ -359,4 +373,4 @@ class RecommenderModel(ABC, Generic[ConfigT]):
         return self._predict_folded(user, np.arange(self.ratings_.n_items))
 
 
-__all__ = ["Biases", "ModelNotFittedError", "RecommenderModel", "as_ratings"]
+__all__ = ["Biases", "RecommenderModel", "as_ratings"]  # and ModelNotFittedError (__getattr__)

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import numpy as np
-from sklearn.cluster import KMeans, MiniBatchKMeans
-from sklearn.exceptions import NotFittedError
-from sklearn.metrics import silhouette_score
-from sklearn.utils.extmath import randomized_svd
 
 from recommender.bias import fit_biases
 from recommender.data import Ratings
 from recommender.topk import sparse_rows
+
+if TYPE_CHECKING:
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+# scikit-learn is imported where it is used: importing it takes about a second that a process
+# which clusters nothing (``recsys train --help``, a fully cached run) should not pay.
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ def kmeans(
     """A fitted scikit-learn K-Means (k-means++ init, fixed seed for determinism); on more
     than :data:`MINIBATCH_ROWS` rows, ``MiniBatchKMeans``, whose cost does not grow with
     the rows per iteration."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
     n_clusters = min(n_clusters, features.shape[0])
     if features.shape[0] > MINIBATCH_ROWS:
         return MiniBatchKMeans(
@@ -49,6 +53,8 @@ def reduced_rows(rows: Any, n_components: int, seed: int = 0, directions: bool =
     one cluster holding nearly all of them (spherical K-Means groups by taste, not volume)."""
     if n_components <= 0 or n_components >= min(rows.shape):
         return rows
+    from sklearn.utils.extmath import randomized_svd
+
     left, values, _ = randomized_svd(rows, n_components, random_state=seed)
     reduced = np.asarray(left * values, dtype=np.float64)
     if directions:
@@ -89,6 +95,8 @@ def silhouette(features: np.ndarray, labels: np.ndarray, sample_size: int | None
     """Mean silhouette coefficient (-1..1); NaN when there is a single cluster."""
     if len(np.unique(labels)) < 2:
         return float("nan")
+    from sklearn.metrics import silhouette_score
+
     size = None if sample_size is None or sample_size >= len(labels) else sample_size
     return float(silhouette_score(features, labels, sample_size=size, random_state=seed))
 
@@ -148,5 +156,7 @@ class RatingClusters:
 
     def silhouette(self, sample_size: int | None = 2000) -> float:
         if not hasattr(self, "labels_"):
+            from sklearn.exceptions import NotFittedError
+
             raise NotFittedError("RatingClusters is not fitted yet; call fit(ratings) first")
         return silhouette(self.features_, self.labels_, sample_size, self.seed)

@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
-from sklearn.ensemble import RandomForestRegressor
 
 from recommender.base import RecommenderModel
 from recommender.bias import damped_average
@@ -139,6 +138,8 @@ class RandomForestRatings(RecommenderModel[ForestConfig]):
     config_class = ForestConfig
 
     def _fit(self, train: Ratings, *, users: Any | None) -> None:
+        from sklearn.ensemble import RandomForestRegressor  # here: see recommender.clustering
+
         config = self.config
         self.features_ = _Features(train, users, config.damping)
         design = self.features_.design(train.user_index, train.item_index, train.values)

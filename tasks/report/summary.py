@@ -7,10 +7,9 @@ import json
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
-from mlflow import MlflowClient
 from prefect import task
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict
@@ -53,6 +52,9 @@ from tasks.warehouse.connection import database_url
 from tasks.warehouse.loads import current_load
 from tasks.warehouse.queries import export_frame, table_counts
 from tasks.warehouse.schema import migrate
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deployments" / "thingsboard" / "dashboard.json"
 # model kinds of the sweep -> the model family in telemetry keys (``rmse_knn_tuned``)

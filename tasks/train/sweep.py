@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mlflow
 import polars as pl
-from mlflow.entities import Metric
-from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict
@@ -52,6 +49,9 @@ from tasks.train.units import (
 )
 from tasks.warehouse.connection import advisory_lock, database_url
 from tasks.warehouse.loads import replace_recommendations
+
+if TYPE_CHECKING:
+    from mlflow.entities import Metric
 
 REGISTRY_LOCK = 0x5EC5_C4A1  # pg_advisory_lock key: one model registration at a time
 
@@ -99,6 +99,8 @@ def run_tags(training: TrainingSet) -> dict[str, str]:
 
 def sweep_in_store(sweep: SweepRecord) -> bool:
     """Whether the configured MLflow store still holds the sweep's parent run."""
+    from mlflow.exceptions import MlflowException
+
     try:
         configure_mlflow(load_settings()).get_run(sweep.parent_run_id)
     except MlflowException:
@@ -110,6 +112,8 @@ def champion_in_registry(champion: ChampionRecord) -> bool:
     """Whether the registry still holds the version this record names (if it names one)."""
     if champion.version is None:
         return True
+    from mlflow.exceptions import MlflowException
+
     try:
         configure_mlflow(load_settings()).get_model_version(REGISTERED_MODEL, champion.version)
     except MlflowException:
@@ -177,6 +181,8 @@ COLD_START_NAMES = {
 
 def cold_start_metrics(starts: pl.DataFrame) -> list[Metric]:
     """``cold_start_<metric>_k<k>_<method>`` per row of the cold-start table."""
+    from mlflow.entities import Metric
+
     now = int(time.time() * 1000)
     return [
         Metric(f"cold_start_{metric}_k{row['k']}_{row['method']}", float(row[metric]), now, 0)
@@ -390,6 +396,8 @@ def write_recommendations(training: TrainingSet, champion: ChampionRecord, top_n
         get_run_logger().info("No champion of %s yet: no recommendations written",
                               training.dataset)  # fmt: skip
         return 0
+    import mlflow
+
     configure_mlflow(load_settings())
     uri = f"models:/{REGISTERED_MODEL}/{champion.champion_version}"
     model = mlflow.pyfunc.load_model(uri).unwrap_python_model().model  # type: ignore[attr-defined]

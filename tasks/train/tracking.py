@@ -17,15 +17,7 @@ from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow
 import polars as pl
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
-from mlflow.models.signature import ModelSignature
-from mlflow.types.schema import ColSpec, Schema
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from recommender import RecommenderModel
 from tasks.config import Settings
@@ -34,6 +26,12 @@ from tasks.train.units import LOWER_IS_BETTER, METRICS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+    from mlflow.entities.model_registry import ModelVersion
+
+# MLflow is imported where it is used: importing it takes about two seconds that a process
+# which does not touch the store (``recsys train --help``, ``recsys ingest``) should not pay.
 
 EXPERIMENT = "movielens-recommender"
 # MLflow 3's UI opens an experiment on the page of its kind; without this tag it guesses a
@@ -50,17 +48,21 @@ SERVING_REQUIREMENTS = ("mlflow", "numpy", "scipy", "scikit-learn", "pandas", "p
 
 def configure_mlflow(settings: Settings) -> MlflowClient:
     """Point MLflow at the configured store (default: SQLite under the project home)."""
+    import mlflow
+
     uri = settings.resolved_mlflow_tracking_uri
     if settings.mlflow_tracking_uri is None:
         (settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def experiment_id(client: MlflowClient, settings: Settings) -> str:
     """The project's experiment, created on first use (local artifacts by default) and marked
     as model training, so that the MLflow UI opens it on its runs."""
+    from mlflow.exceptions import MlflowException
+
     found = client.get_experiment_by_name(EXPERIMENT)
     if found is not None:
         if found.tags.get(EXPERIMENT_KIND_TAG) is None:  # made before the tag was set
@@ -107,6 +109,8 @@ def start_sweep_run(
     client: MlflowClient, experiment: str, tags: dict[str, str], grid: dict[str, Any]
 ) -> str:
     """The parent run of one sweep, with the grid as its parameters."""
+    from mlflow.entities import Param
+
     run = client.create_run(
         experiment, run_name=f"sweep {tags['dataset']}", tags={**tags, "run_kind": "sweep"}
     )
@@ -123,6 +127,9 @@ def log_configurations(
 ) -> dict[tuple[Any, ...], str]:
     """One nested run per configuration: params, the mean over folds of each metric, and each
     fold's value as ``fold_<metric>`` at step ``fold``."""
+    from mlflow.entities import Param
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for record in records:
         groups.setdefault((record["kind"], record["n_clusters"], record["n_neighbors"]), []).append(
@@ -145,6 +152,8 @@ def log_configurations(
 
 
 def _fold_metrics(folds: list[dict[str, Any]]) -> list[Metric]:
+    from mlflow.entities import Metric
+
     now = int(time.time() * 1000)
     metrics = []
     for name in (*METRICS, "fit_seconds", "predict_seconds"):
@@ -190,6 +199,10 @@ def log_model_version(
     tags: dict[str, str],
 ) -> tuple[str, str]:
     """Log the refitted model as an ``mlflow.pyfunc`` model from code; returns (run, uri)."""
+    import mlflow
+    from mlflow.entities import Metric, Param
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
     run = client.create_run(
         experiment,
         run_name="champion candidate",
@@ -213,25 +226,30 @@ def log_model_version(
                 python_model=str(SERVING_MODEL),
                 artifacts={"model": str(model_path), "titles": str(titles_path)},
                 code_paths=[str(LIBRARY)],
-                signature=SIGNATURE,
+                signature=serving_signature(),
                 input_example=pl.DataFrame({"user_id": [1], "n": [5]}).to_pandas(),
                 pip_requirements=[f"{p}=={installed_version(p)}" for p in SERVING_REQUIREMENTS],
             )
     return run_id, str(info.model_uri)
 
 
-SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("long", "user_id"), ColSpec("long", "n", required=False)]),
-    outputs=Schema(
-        [
-            ColSpec("long", "user_id"),
-            ColSpec("long", "rank"),
-            ColSpec("long", "item_id"),
-            ColSpec("string", "title"),
-            ColSpec("double", "score"),
-        ]
-    ),
-)
+def serving_signature() -> Any:
+    """The registered model's signature: user ids (and n) in, ranked items out."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("long", "user_id"), ColSpec("long", "n", required=False)]),
+        outputs=Schema(
+            [
+                ColSpec("long", "user_id"),
+                ColSpec("long", "rank"),
+                ColSpec("long", "item_id"),
+                ColSpec("string", "title"),
+                ColSpec("double", "score"),
+            ]
+        ),
+    )
 
 
 def alias_for(role: str, dataset: str) -> str:
@@ -266,6 +284,8 @@ def register_and_promote(
     reference set) only if it beats that dataset's current champion: on the folds both were
     evaluated on when ``per_fold`` (fold -> ``metric``) is given, else by ``value``. The
     version's description is ``description`` and the outcome of the comparison."""
+    import mlflow
+
     dataset = tags.get("dataset", REFERENCE_DATASET)
     comparison = (
         compare_on_folds(client, metric, per_fold, dataset)
@@ -349,6 +369,8 @@ def champion_fold_metrics(
 
 def configuration_run_of(client: MlflowClient, candidate_run_id: str) -> str | None:
     """The nested sweep run with the same parameters as a refitted model's run."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
     candidate = client.get_run(candidate_run_id)
     parent = candidate.data.tags.get(MLFLOW_PARENT_RUN_ID)
     if parent is None:
@@ -369,6 +391,8 @@ def identical_version(
 ) -> ModelVersion | None:
     """The dataset's champion or challenger when its ``identity`` tags (dataset version,
     configuration, code version) are all equal to ``identity``: the same model again."""
+    from mlflow.exceptions import MlflowException
+
     for role in (CHAMPION, CHALLENGER):
         try:
             version = client.get_model_version_by_alias(REGISTERED_MODEL, alias_for(role, dataset))
@@ -383,6 +407,8 @@ def champion_model_version(
     client: MlflowClient, dataset: str = REFERENCE_DATASET
 ) -> ModelVersion | None:
     """The registered version holding the dataset's champion alias, if any."""
+    from mlflow.exceptions import MlflowException
+
     try:
         return client.get_model_version_by_alias(REGISTERED_MODEL, alias_for(CHAMPION, dataset))
     except MlflowException:
@@ -409,6 +435,8 @@ def current_champion(client: MlflowClient, dataset: str = REFERENCE_DATASET) -> 
 
 def export_to_lake(lake: Lake, champion: Champion, summary: dict[str, Any]) -> str:
     """Copy the model's files and a JSON of its metrics and parameters to the lake."""
+    import mlflow
+
     prefix = f"models/{REGISTERED_MODEL}/v{champion.version}"
     with tempfile.TemporaryDirectory() as folder:
         local = Path(mlflow.artifacts.download_artifacts(champion.model_uri, dst_path=folder))

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from cli.main import FLOW_COMMANDS, flow_parser, main, parse
 from cli.options import flow_kwargs
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def given(argv: list[str]) -> dict[str, object]:
@@ -128,3 +134,21 @@ def test_a_script_rejects_an_unknown_option(capsys: pytest.CaptureFixture[str]) 
 
     assert done.value.code == 2
     assert capsys.readouterr().err.startswith("python flows/train.py: error: unrecognized")
+
+
+def test_help_and_the_flows_load_neither_mlflow_nor_scikit_learn() -> None:
+    # each takes seconds to import: `recsys train --help` and a run that never touches the
+    # store or fits a model do without them (they load where they are used)
+    probe = (
+        "import sys, contextlib, io\n"
+        "from cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main(['train', '--help'])\n"
+        "import flows.pipeline, flows.health, recommender\n"
+        "print(sorted({'mlflow', 'sklearn', 'matplotlib'} & set(sys.modules)))\n"
+    )
+
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=REPO, check=True)  # fmt: skip
+
+    assert done.stdout.strip() == "[]"
