@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Generic, Self, TypeVar
@@ -28,16 +28,23 @@ MAX_RATING = 5.0
 ConfigT = TypeVar("ConfigT", bound=ModelConfig)
 
 
-@functools.cache
+_NOT_FITTED: list[type[Exception]] = []
+_NOT_FITTED_LOCK = threading.Lock()
+
+
 def not_fitted_error() -> type[Exception]:
-    """``ModelNotFittedError`` (a model was used before ``fit``), made on first use: it
+    """``ModelNotFittedError`` (a model was used before ``fit``), made once, on first use: it
     subclasses scikit-learn's ``NotFittedError``, so code that catches that catches it, and
     importing scikit-learn takes about a second that a process which never meets the error
     (``recsys train --help``, a fully cached run) should not pay."""
-    from sklearn.exceptions import NotFittedError
+    with _NOT_FITTED_LOCK:  # one class, even when threads ask first together
+        if not _NOT_FITTED:
+            from sklearn.exceptions import NotFittedError
 
-    doc = "A model was used before ``fit``."
-    return type("ModelNotFittedError", (NotFittedError,), {"__doc__": doc, "__module__": __name__})
+            doc = "A model was used before ``fit``."
+            namespace = {"__doc__": doc, "__module__": __name__}
+            _NOT_FITTED.append(type("ModelNotFittedError", (NotFittedError,), namespace))
+        return _NOT_FITTED[0]
 
 
 def __getattr__(name: str) -> Any:
