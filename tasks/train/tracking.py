@@ -8,9 +8,11 @@ the sweep's tasks may log from any thread.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
@@ -53,9 +55,25 @@ def configure_mlflow(settings: Settings) -> MlflowClient:
     uri = settings.resolved_mlflow_tracking_uri
     if settings.mlflow_tracking_uri is None:
         (settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    # MLflow exports the URIs it is given as MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, which
+    # Settings reads as the user's choice: left so, every later load_settings() of this process
+    # would take the embedded store for a configured one, stay on it when RECSYS_HOME changes
+    # and create the experiment without the project's artifact location. So the environment
+    # keeps what the user set.
+    with _CONFIGURE_LOCK:  # tasks on threads configure it too
+        exported = {name: os.environ.get(name) for name in MLFLOW_URI_VARIABLES}
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        for name, value in exported.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+_CONFIGURE_LOCK = threading.Lock()
 
 
 def experiment_id(client: MlflowClient, settings: Settings) -> str:

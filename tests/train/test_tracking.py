@@ -3,6 +3,7 @@ were evaluated on, from the champion's per-fold figures."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -11,11 +12,13 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from tasks.config import load_settings
 from tasks.train.tracking import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     REGISTERED_MODEL,
     compare_on_folds,
+    configure_mlflow,
     experiment_url,
     identical_version,
 )
@@ -103,3 +106,36 @@ def test_the_experiment_link_opens_the_training_runs() -> None:
     assert (EXPERIMENT_KIND_TAG, EXPERIMENT_KIND) == (
         "mlflow.experimentKind", "custom_model_development"
     )  # fmt: skip
+
+
+@pytest.fixture
+def no_mlflow_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MLFLOW_TRACKING_URI", "RECSYS_MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.usefixtures("no_mlflow_settings")
+def test_configuring_the_embedded_store_leaves_the_environment_as_the_user_set_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "first"))
+    first = configure_mlflow(load_settings())
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "second"))
+
+    second = configure_mlflow(load_settings())
+
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    assert load_settings().mlflow_tracking_uri is None  # still the embedded default
+    assert first.tracking_uri == f"sqlite:///{tmp_path / 'first' / 'mlflow' / 'mlflow.db'}"
+    assert second.tracking_uri == f"sqlite:///{tmp_path / 'second' / 'mlflow' / 'mlflow.db'}"
+
+
+@pytest.mark.usefixtures("no_mlflow_settings")
+def test_a_store_the_user_set_stays_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = f"sqlite:///{tmp_path / 'theirs.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+
+    client = configure_mlflow(load_settings())
+
+    assert client.tracking_uri == uri
+    assert os.environ["MLFLOW_TRACKING_URI"] == uri
