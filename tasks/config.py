@@ -8,7 +8,10 @@ part at a real service instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -281,6 +284,27 @@ def set_process_environment(prefect_home: bool) -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
+_ENVIRONMENT_LOCK = threading.RLock()
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings from the environment and ``.env`` (keyword overrides win)."""
-    return Settings(**overrides)
+    with _ENVIRONMENT_LOCK:  # never inside an environment_unchanged block of another thread
+        return Settings(**overrides)
+
+
+@contextlib.contextmanager
+def environment_unchanged(*names: str) -> Iterator[None]:
+    """Undo, on leaving, what the block wrote to these environment variables; no thread reads
+    the settings meanwhile. For libraries that export what they are given (MLflow exports the
+    tracking URI), which the settings would then read as the user's choice."""
+    with _ENVIRONMENT_LOCK:
+        before = {name: os.environ.get(name) for name in names}
+        try:
+            yield
+        finally:
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value

@@ -8,11 +8,9 @@ the sweep's tasks may log from any thread.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import subprocess
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
@@ -22,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from recommender import RecommenderModel
-from tasks.config import Settings
+from tasks.config import Settings, environment_unchanged
 from tasks.lake import Lake
 from tasks.train.units import LOWER_IS_BETTER, METRICS
 
@@ -58,22 +56,11 @@ def configure_mlflow(settings: Settings) -> MlflowClient:
     # MLflow exports the URIs it is given as MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, which
     # Settings reads as the user's choice: left so, every later load_settings() of this process
     # would take the embedded store for a configured one, stay on it when RECSYS_HOME changes
-    # and create the experiment without the project's artifact location. So the environment
-    # keeps what the user set.
-    with _CONFIGURE_LOCK:  # tasks on threads configure it too
-        exported = {name: os.environ.get(name) for name in MLFLOW_URI_VARIABLES}
+    # and create the experiment without the project's artifact location.
+    with environment_unchanged("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
-        for name, value in exported.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-_CONFIGURE_LOCK = threading.Lock()
 
 
 def experiment_id(client: MlflowClient, settings: Settings) -> str:

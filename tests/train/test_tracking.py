@@ -108,31 +108,23 @@ def test_the_experiment_link_opens_the_training_runs() -> None:
     )  # fmt: skip
 
 
-@pytest.fixture
-def no_mlflow_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("MLFLOW_TRACKING_URI", "RECSYS_MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.mark.usefixtures("no_mlflow_settings")
 def test_configuring_the_embedded_store_leaves_the_environment_as_the_user_set_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    recsys_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "first"))
+    monkeypatch.setenv("RECSYS_HOME", str(recsys_env / "first"))
     first = configure_mlflow(load_settings())
-    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "second"))
+    monkeypatch.setenv("RECSYS_HOME", str(recsys_env / "second"))
 
     second = configure_mlflow(load_settings())
 
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
     assert load_settings().mlflow_tracking_uri is None  # still the embedded default
-    assert first.tracking_uri == f"sqlite:///{tmp_path / 'first' / 'mlflow' / 'mlflow.db'}"
-    assert second.tracking_uri == f"sqlite:///{tmp_path / 'second' / 'mlflow' / 'mlflow.db'}"
+    assert first.tracking_uri == f"sqlite:///{recsys_env / 'first' / 'mlflow' / 'mlflow.db'}"
+    assert second.tracking_uri == f"sqlite:///{recsys_env / 'second' / 'mlflow' / 'mlflow.db'}"
 
 
-@pytest.mark.usefixtures("no_mlflow_settings")
-def test_a_store_the_user_set_stays_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    uri = f"sqlite:///{tmp_path / 'theirs.db'}"
+def test_a_store_the_user_set_stays_set(recsys_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = f"sqlite:///{recsys_env / 'theirs.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
 
     client = configure_mlflow(load_settings())
