@@ -105,7 +105,7 @@ def register(project: Project, model: KMeansKNN, promote: bool = True) -> str:
     ``promote`` (else challenger). Runs in a subprocess-free way with the project's settings."""
     from mlflow import MlflowClient
 
-    from tasks.config import load_settings
+    from tasks.config import environment_unchanged, load_settings
     from tasks.train.tracking import (
         REGISTERED_MODEL,
         configure_mlflow,
@@ -113,9 +113,8 @@ def register(project: Project, model: KMeansKNN, promote: bool = True) -> str:
         log_model_version,
     )
 
-    old = {k: os.environ.get(k) for k in project.env}
-    os.environ.update(project.env)
-    try:
+    with environment_unchanged(*project.env):
+        os.environ.update(project.env)
         settings = load_settings()
         client: MlflowClient = configure_mlflow(settings)
         experiment = experiment_id(client, settings)
@@ -133,12 +132,6 @@ def register(project: Project, model: KMeansKNN, promote: bool = True) -> str:
         alias = "champion" if promote else "challenger"
         client.set_registered_model_alias(REGISTERED_MODEL, alias, version)
         return version
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="package")
