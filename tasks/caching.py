@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from prefect import Task
-from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
@@ -98,10 +98,22 @@ DATA_LOAD = DATA_CONTENT + Destinations()
 RECORDED = CONTENT + Destinations()
 # ... and the report, from what it shows (its inputs) into the warehouse and MLflow it read
 REPORTED = INPUTS + TASK_SOURCE + CodeVersion(patterns=REPORT_CODE) + Destinations()
+# A read of a store, keyed to the store's stamp (a ``stamp`` argument; see while_unchanged)
+STORE_READ = INPUTS + TASK_SOURCE + CodeVersion(patterns=REPORT_CODE)
 
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+def while_unchanged(task: Task[..., R], stamp: str | None, *args: Any) -> R:
+    """``task(*args, stamp)``, a read of a store whose ``stamp`` fingerprints its content (see
+    ``tasks.train.tracking.store_stamp``) and whose cache policy keys on its inputs
+    (STORE_READ): what it read is reused while the stamp is unchanged, and read anew after any
+    write. A store without a stamp (None) is read every time."""
+    if stamp is None:
+        return task.with_options(cache_policy=NO_CACHE)(*args, None)
+    return task(*args, stamp)
 
 
 def unless_gone(

@@ -9,6 +9,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -100,6 +101,17 @@ def task_run_states(flow_state: State) -> dict[str, list[str]]:
             run.state.name if run.state else "?"
         )
     return states
+
+
+def settled_task_states(state: State, task: str) -> list[str]:
+    """The states of ``task``'s runs in a finished flow run, once Prefect has recorded them (it
+    records them from events, a moment after the flow returns)."""
+    deadline = time.monotonic() + 15
+    while True:
+        runs = sorted(task_run_states(state).get(task, []))
+        if (runs and "?" not in runs and "Running" not in runs) or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.5)
 
 
 # --- a real S3 API server -------------------------------------------------------------------

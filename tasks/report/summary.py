@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from recommender import PAPER_RMSE
 from tasks import plots
-from tasks.caching import REPORTED
+from tasks.caching import REPORTED, STORE_READ, while_unchanged
 from tasks.config import Settings, load_settings
 from tasks.plots import METRIC_LABELS, markdown_table
 from tasks.report.thingsboard import (
@@ -40,6 +40,7 @@ from tasks.train.tracking import (
     champion_model_version,
     configure_mlflow,
     experiment_url,
+    store_stamp,
 )
 from tasks.train.units import (
     LOWER_IS_BETTER,
@@ -626,16 +627,27 @@ class ReportSource(BaseModel):
 def find_sweep(sweep_run_id: str | None = None) -> ReportSource:
     """The sweep (given, or the latest of the dataset), the champion and the loaded data."""
     settings = load_settings()
-    client = configure_mlflow(settings)
-    sweep = latest_sweep(client, settings.dataset, sweep_run_id)
+    sweep, champion = while_unchanged(
+        read_sweep, store_stamp(settings), sweep_run_id, settings.dataset
+    )
     url = database_url(settings)
     migrate(url)  # a warehouse never loaded (or reset) reads as holding nothing, not as an error
     loaded = current_load(url, sweep.dataset)
     return ReportSource(
-        sweep=sweep, champion=champion_summary(client, sweep.dataset),
-        loaded_version=loaded[0] if loaded else None,
+        sweep=sweep, champion=champion, loaded_version=loaded[0] if loaded else None,
         reports_dir=str(settings.resolved_reports_dir),
     )  # fmt: skip
+
+
+@task(name="read-sweep", cache_policy=STORE_READ, persist_result=True)
+def read_sweep(
+    sweep_run_id: str | None, dataset: str, stamp: str | None
+) -> tuple[SweepSummary, ChampionSummary | None]:
+    """From MLflow: the sweep (given, or the latest of ``dataset``) and its dataset's champion
+    (``stamp``: the store's state, see ``while_unchanged``)."""
+    client = configure_mlflow(load_settings())
+    sweep = latest_sweep(client, dataset, sweep_run_id)
+    return sweep, champion_summary(client, sweep.dataset)
 
 
 # A rerun on the same sweep, champion and data with the same code returns the report already

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from recommender import PAPER_RMSE, config_from_params
 from tasks import plots
-from tasks.caching import CONTENT, RECORDED, code_version
+from tasks.caching import CONTENT, RECORDED, STORE_READ, code_version, while_unchanged
 from tasks.config import load_settings
 from tasks.lake import Lake
 from tasks.plots import METRIC_LABELS, markdown_table
@@ -31,6 +31,7 @@ from tasks.train.tracking import (
     log_sweep_artifacts,
     register_and_promote,
     start_sweep_run,
+    store_stamp,
 )
 from tasks.train.units import (
     COLD_START_METRICS,
@@ -98,24 +99,37 @@ def run_tags(training: TrainingSet) -> dict[str, str]:
 
 
 def sweep_in_store(sweep: SweepRecord) -> bool:
-    """Whether the configured MLflow store still holds the sweep's parent run."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        configure_mlflow(load_settings()).get_run(sweep.parent_run_id)
-    except MlflowException:
-        return False
-    return True
+    """Whether the configured MLflow store still holds the sweep's parent run (asked again
+    only after the store changed: ``while_unchanged``)."""
+    return while_unchanged(run_in_store, store_stamp(load_settings()), sweep.parent_run_id)
 
 
 def champion_in_registry(champion: ChampionRecord) -> bool:
     """Whether the registry still holds the version this record names (if it names one)."""
     if champion.version is None:
         return True
+    return while_unchanged(version_in_registry, store_stamp(load_settings()), champion.version)
+
+
+@task(name="run-in-store", cache_policy=STORE_READ, persist_result=True)
+def run_in_store(run_id: str, stamp: str | None) -> bool:
+    """Whether the configured MLflow store holds run ``run_id`` (``stamp``: its state)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        configure_mlflow(load_settings()).get_model_version(REGISTERED_MODEL, champion.version)
+        configure_mlflow(load_settings()).get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
+@task(name="version-in-registry", cache_policy=STORE_READ, persist_result=True)
+def version_in_registry(version: str, stamp: str | None) -> bool:
+    """Whether the registry holds ``version`` of the project's model (``stamp``: its state)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        configure_mlflow(load_settings()).get_model_version(REGISTERED_MODEL, version)
     except MlflowException:
         return False
     return True

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from tasks.serving.telemetry import ANSWER_KEYS, INTERVAL_KEYS
 from tasks.train.tracking import configure_mlflow
 from tasks.warehouse.connection import connect
 from tasks.warehouse.queries import read_table
-from tests.conftest import synthetic_project, task_run_states
+from tests.conftest import settled_task_states, synthetic_project
 from tests.report.test_thingsboard import ADMIN, DASHBOARD, TOKEN, FakeThingsBoard, thingsboard
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -191,30 +190,24 @@ def test_unconfigured_thingsboard_is_said_once(
     assert len(said) == 1
 
 
-def report_task_states(state: Any, task: str = "write_report") -> list[str]:
-    """The states of ``task``'s runs in a finished report flow run (Prefect records them from
-    events, a moment after the flow returns)."""
-    deadline = time.monotonic() + 15
-    while True:
-        runs = sorted(task_run_states(state).get(task, []))
-        if (runs and "?" not in runs and "Running" not in runs) or time.monotonic() > deadline:
-            return runs
-        time.sleep(0.5)
-
-
 def test_a_rerun_of_the_same_sweep_reuses_its_report_unless_a_file_is_gone(
     trained: Trained,
 ) -> None:
     first = report(return_state=True)
     again = report(return_state=True)
 
-    assert report_task_states(again) == ["Cached"]  # the same sweep, champion, data and code
+    # the same sweep, champion, data and code, read from a store that has not changed
+    assert settled_task_states(again, "write_report") == ["Cached"]
+    assert settled_task_states(again, "read_sweep") == ["Cached"]
     assert again.result() == first.result()
     folder = Path(first.result().folder)
     (folder / "elbow.png").unlink()
     redrawn = report(return_state=True)
 
-    assert report_task_states(redrawn) == ["Cached", "Completed"]  # the folder lost a plot
+    assert settled_task_states(redrawn, "write_report") == [
+        "Cached",
+        "Completed",
+    ]  # the folder lost a plot
     assert (folder / "elbow.png").stat().st_size > 0
 
 

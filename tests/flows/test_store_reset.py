@@ -15,7 +15,7 @@ from flows.train import train
 from flows.transform import transform
 from tasks.config import load_settings
 from tasks.train.tracking import REGISTERED_MODEL, configure_mlflow
-from tests.conftest import synthetic_project
+from tests.conftest import settled_task_states, synthetic_project
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -24,8 +24,9 @@ GRID = {"kinds": ["kmeans_knn", "bias"], "n_clusters": [1], "n_neighbors": [5], 
         "register_model": True, "cold_start_folds": 0}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def project(tmp_path_factory: pytest.TempPathFactory, postgres_server: str) -> Iterator[Path]:
+    """A project home of its own (a store another test reset stays open in MLflow's cache)."""
     with synthetic_project(tmp_path_factory, postgres_server, "reset", SMALL, 41) as made:
         home, _, folder = made
         transform(raw=ingest(source=str(folder)))
@@ -42,3 +43,19 @@ def test_a_reset_mlflow_store_gets_the_sweep_and_the_model_again(project: Path) 
     assert first.version is not None and second.version is not None
     assert client.get_model_version(REGISTERED_MODEL, second.version).run_id == second.run_id
     assert client.get_run(str(second.sweep_run_id)).info.run_id == second.sweep_run_id
+
+
+def test_a_cached_rerun_asks_the_store_again_only_after_it_changed(project: Path) -> None:
+    train(**GRID)
+    train(**GRID)  # the checks of the store as the last run left it
+
+    unchanged = train(**GRID, return_state=True)
+    configure_mlflow(load_settings()).set_registered_model_tag(REGISTERED_MODEL, "note", "edit")
+    changed = train(**GRID, return_state=True)
+
+    assert settled_task_states(unchanged, "record_sweep") == ["Cached"]
+    assert settled_task_states(unchanged, "run_in_store") == ["Cached"]
+    assert settled_task_states(unchanged, "version_in_registry") == ["Cached"]
+    assert settled_task_states(changed, "record_sweep") == ["Cached"]
+    assert settled_task_states(changed, "run_in_store") == ["Completed"]
+    assert settled_task_states(changed, "version_in_registry") == ["Completed"]

@@ -21,6 +21,7 @@ from tasks.train.tracking import (
     configure_mlflow,
     experiment_url,
     identical_version,
+    store_stamp,
 )
 
 
@@ -131,3 +132,33 @@ def test_a_store_the_user_set_stays_set(recsys_env: Path, monkeypatch: pytest.Mo
 
     assert client.tracking_uri == uri
     assert os.environ["MLFLOW_TRACKING_URI"] == uri
+
+
+def test_the_store_stamp_changes_with_every_write_and_only_then(
+    recsys_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings()
+    assert store_stamp(settings) is None  # no store yet: nothing read from it may be reused
+    client = configure_mlflow(settings)
+    experiment = client.create_experiment("stamped")
+    before = store_stamp(settings)
+
+    assert before is not None and store_stamp(settings) == before  # reads leave it
+    client.get_experiment(experiment)
+    assert store_stamp(settings) == before
+    client.set_experiment_tag(experiment, "note", "a write")
+    after = store_stamp(settings)
+    assert after is not None and after != before
+
+    # another file at the same address (a store restored or replaced) is another stamp
+    database = recsys_env / "mlflow" / "mlflow.db"
+    copy = database.with_name("copy.db")
+    copy.write_bytes(database.read_bytes())
+    copy.replace(database)
+    assert store_stamp(settings) not in (None, after)
+
+
+def test_a_tracking_server_has_no_stamp(recsys_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+
+    assert store_stamp(load_settings()) is None
