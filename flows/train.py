@@ -109,6 +109,8 @@ def train(
         else registers_by_default(grid, sweep_folds, training, DEFAULT_GRID)
     )
     champion = unless_gone(promote_champion, champion_in_registry, training, sweep, registering)
+    # asked again of the store as this run leaves it, so that a rerun finds the answer kept
+    sweep_in_store(sweep)
     write_recommendations(training, champion, top_n)
     create_markdown_artifact(summary_markdown(sweep, champion), key="train-summary",
                              description="Best configurations and the champion")  # fmt: skip
