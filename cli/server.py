@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.config import Settings
+from tasks.config import PREFECT_SERVER_SETTINGS, Settings
 from tasks.orchestration import (
     LocalServer,
     local_server_file,
@@ -54,6 +54,7 @@ def start_server(settings: Settings, host: str, port: int) -> LocalServer:
         "PREFECT_HOME": str(settings.resolved_prefect_home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
+    env |= {k: str(v) for k, v in PREFECT_SERVER_SETTINGS.items() if k not in env}
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", host,
                "--port", str(port), "--no-prompt"]  # fmt: skip
     with open(log, "ab") as sink:

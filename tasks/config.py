@@ -270,7 +270,20 @@ class Settings(BaseSettings):
         # and a PREFECT_FLOWS_HEARTBEAT_FREQUENCY set in the environment wins.
         if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" not in os.environ:
             overrides["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = None
+        # for the temporary server this process starts (it inherits these settings)
+        overrides |= {k: v for k, v in PREFECT_SERVER_SETTINGS.items() if k not in os.environ}
         return overrides
+
+
+# The local Prefect server's own settings (its SQLite database): the task run recorder writes
+# the task runs' states in batches instead of one transaction per event. Each of its writes can
+# collide with the API's (SQLite: one writer), which answers 503 and the client retries after 2
+# to 4 s: about three such collisions in a cached pipeline run against the local server, 7 s
+# of its 15. With batches (at most Prefect's 5 s flush interval late), none in most runs.
+PREFECT_SERVER_SETTINGS = {
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": 100,
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": 100,
+}
 
 
 def set_process_environment(prefect_home: bool) -> None:

@@ -78,6 +78,19 @@ def test_prefect_runs_locally_with_analytics_off(recsys_env: Path) -> None:
     assert overrides["PREFECT_SERVER_ANALYTICS_ENABLED"] is False
     assert "PREFECT_API_URL" not in overrides
     assert overrides["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] is None  # no 1 s join per flow
+    # the temporary server records task runs in batches, as `recsys server start`'s does
+    assert overrides["PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE"] == 100
+
+
+def test_a_recorder_batch_from_the_environment_wins(
+    recsys_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "1")
+
+    overrides = load_settings().prefect_overrides()
+
+    assert "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE" not in overrides
+    assert overrides["PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE"] == 100
 
 
 def test_a_heartbeat_frequency_from_the_environment_wins(

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.request import Request, urlopen
 
+import psutil
 import pytest
 
 from bench.synth import SyntheticSize, write_ml100k
@@ -98,6 +100,17 @@ def test_local_runs_use_the_projects_running_server(synthetic_folder: Path, tmp_
         assert [(run["name"], run["state_type"]) for run in runs] == [
             (runs[0]["name"], "COMPLETED")
         ]
+        # its task runs are recorded in batches (PREFECT_SERVER_SETTINGS), within seconds
+        pid = json.loads((home / "prefect" / "server.json").read_text())["pid"]
+        assert (
+            psutil.Process(pid).environ()["PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE"]
+            == "100"
+        )
+        deadline = time.monotonic() + 20
+        while len(task_runs := flow_runs(f"http://127.0.0.1:{port}", "task_runs")) < 2:
+            assert time.monotonic() < deadline, task_runs
+            time.sleep(0.5)
+        assert {run["state_type"] for run in task_runs} == {"COMPLETED"}
         assert (home / "logs" / "prefect-server.log").is_file()
     finally:
         stopped = recsys("server", "stop", env=env, cwd=tmp_path)
@@ -107,8 +120,8 @@ def test_local_runs_use_the_projects_running_server(synthetic_folder: Path, tmp_
     assert not (home / "prefect" / "server.json").exists()
 
 
-def flow_runs(url: str) -> list[dict[str, object]]:
-    request = Request(f"{url}/api/flow_runs/filter", data=b"{}", method="POST",
+def flow_runs(url: str, kind: str = "flow_runs") -> list[dict[str, object]]:
+    request = Request(f"{url}/api/{kind}/filter", data=b"{}", method="POST",
                       headers={"Content-Type": "application/json"})  # fmt: skip
     with urlopen(request, timeout=10) as response:
         runs: list[dict[str, object]] = json.load(response)
