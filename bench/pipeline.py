@@ -47,8 +47,12 @@ with prefect_environment():
                 seconds = (run.end_time - run.start_time).total_seconds()
                 stages[names[run.flow_id]] = stages.get(names[run.flow_id], 0.0) + seconds
                 ids.append(run.id)
-        tasks = len(client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
-                                          limit=10_000))
+        tasks, page = 0, 200  # the API's largest page
+        runs_of = FlowRunFilter(id=FlowRunFilterId(any_=ids))
+        while len(read := client.read_task_runs(flow_run_filter=runs_of, limit=page,
+                                                offset=tasks)) == page:
+            tasks += page
+        tasks += len(read)
 peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 print(json.dumps({"stages": stages, "peak_rss_mib": peak / 1024, "task_runs": tasks}))
