@@ -33,9 +33,12 @@ from recommender.foldin import (
 from recommender.neighbors import (
     RatedLists,
     Similarity,
+    SimilarityStats,
+    loo_neighborhood_average,
     neighborhood_average,
     rated_lists,
     shrunk_similarity,
+    similarity_stats,
 )
 from recommender.ranking import ImplicitKNN, ImplicitKNNConfig, ItemKNNScorer
 from recommender.topk import TopNeighbors, sparse_rows, top_k_average, top_neighbors
@@ -110,6 +113,12 @@ class KMeansKNNConfig(ModelConfig):
     )
     kept_neighbors: int = Field(
         default=200, ge=1, description="sparse engine: neighbours kept per user or item"
+    )
+    blend_fit: Literal["holdout", "loo"] = Field(
+        default="holdout",
+        description="holdout: blend weights fit on a held-out share by parts fit without it "
+        "(then refit, see refit); loo: the parts fit once on all the ratings, the weights on "
+        "leave-one-out predictions of a share of them (dense engine; no second fit)",
     )
     refit: bool = Field(
         default=True,
@@ -196,25 +205,36 @@ class _ResidualModels:
     item_lists: RatedLists | None
     user_lists: RatedLists | None
     factors: tuple[np.ndarray, np.ndarray] | None
+    item_stats: SimilarityStats | None = None
+    user_stats: SimilarityStats | None = None
+    held_factors: tuple[np.ndarray, np.ndarray] | None = None
+    """``blend_fit="loo"``: the factors fit without the held-out share (whose ratings they
+    predict out of sample for the blend); ``factors`` are refined from them on all."""
 
     @classmethod
     def fit(
         cls, train: Ratings, config: KMeansKNNConfig, dense: np.ndarray, rated: np.ndarray,
-        start: tuple[np.ndarray, np.ndarray] | None = None,
+        start: tuple[np.ndarray, np.ndarray] | None = None, keep_stats: bool = False,
     ) -> _ResidualModels:  # fmt: skip
         """Similarities, rated lists and factors of the residuals; the factors refined from
         ``start`` (a validation fit's) when given, else fit from random."""
         users, items = train.user_index, train.item_index
         residuals = dense[users, items]
         item_similarity = user_similarity = item_lists = user_lists = None
+        item_stats = user_stats = None
         if config.based in ("item", "both"):
             item_lists = rated_lists(users, items, residuals, train.n_users, train.n_items)
-            item_similarity = _similarity(dense.T, rated.T, config)
+            item_stats = similarity_stats(dense.T, rated.T, config.similarity)
+            item_similarity = item_stats.shrunk(config.shrinkage, config.min_support)
         if config.based in ("user", "both"):
             user_lists = rated_lists(items, users, residuals, train.n_items, train.n_users)
-            user_similarity = _similarity(dense, rated, config)
+            user_stats = similarity_stats(dense, rated, config.similarity)
+            user_similarity = user_stats.shrunk(config.shrinkage, config.min_support)
         factors = _refit_factors(train, config, residuals, start)
-        return cls(item_similarity, user_similarity, item_lists, user_lists, factors)
+        if not keep_stats:
+            item_stats = user_stats = None
+        return cls(item_similarity, user_similarity, item_lists, user_lists, factors,
+                   item_stats, user_stats)  # fmt: skip
 
 
 def _factors(
@@ -244,6 +264,25 @@ def _refit_factors(
         (train.n_users, train.n_items), config.n_factors, config.factor_regularization,
         REFIT_FACTOR_ITERATIONS, config.seed, item_factors=inner[1],
     )  # fmt: skip
+
+
+def _loo_models(
+    train: Ratings, config: KMeansKNNConfig, dense: np.ndarray, rated: np.ndarray,
+    held: np.ndarray,
+) -> _ResidualModels:  # fmt: skip
+    """The residual models of a single fit (``blend_fit="loo"``): similarities with their
+    sums; factors fit without the ``held`` ratings, then refined on all of them."""
+    held_factors = None
+    if config.n_factors > 0:
+        kept = ~held
+        users, items = train.user_index[kept], train.item_index[kept]
+        held_factors = fit_factors(
+            users, items, dense[users, items].astype(np.float64),
+            (train.n_users, train.n_items), config.n_factors, config.factor_regularization,
+            config.factor_iterations, config.seed,
+        )  # fmt: skip
+    models = _ResidualModels.fit(train, config, dense, rated, start=held_factors, keep_stats=True)
+    return replace(models, held_factors=held_factors)
 
 
 def _similarity(rows: np.ndarray, rated: np.ndarray, config: KMeansKNNConfig) -> np.ndarray:
@@ -469,9 +508,13 @@ class _DenseParts(_Parts):
 
     def __init__(
         self, train: Ratings, config: KMeansKNNConfig, held_out: bool = False,
-        inner: _Parts | None = None,
+        inner: _Parts | None = None, held: np.ndarray | None = None,
     ) -> None:  # fmt: skip
+        """``held``: the training ratings (mask) whose blend inputs :meth:`loo_parts` will
+        give: keep the similarities' sums and fit the factors without them first."""
         super().__init__(train, config, held_out)
+        self.held = held
+        self.loo = held is not None
         users, items = train.user_index, train.item_index
         residuals = self.biases.residuals(train).astype(np.float32)
         dense = np.zeros((train.n_users, train.n_items), dtype=np.float32)
@@ -482,6 +525,7 @@ class _DenseParts(_Parts):
         self.item_labels = self._labels(dense.T, "item")
         self.cluster_bias = self._cluster_bias(dense, rated)
         models = self._residual_models(train, dense, rated, inner)
+        self.models = models
         self.item_side = self._side(models.item_similarity, models.item_lists, self.item_labels)
         self.user_side = self._side(models.user_similarity, models.user_lists, self.user_labels)
         self.factors = models.factors
@@ -516,7 +560,7 @@ class _DenseParts(_Parts):
         config = self.config
         if config.cluster_biases and (self.user_labels is not None or self.item_labels is not None):
             dense -= self.cluster_bias * rated
-            return _ResidualModels.fit(train, config, dense, rated)
+            return _ResidualModels.fit(train, config, dense, rated, keep_stats=self.loo)
         if isinstance(inner, _DenseParts):
             fields = (*_RESIDUAL_FIELDS, "validation_fraction")
             key = ("kmeans_knn.residual_models.refit", train.fingerprint,
@@ -528,6 +572,12 @@ class _DenseParts(_Parts):
             return shared_component(
                 key, lambda: _ResidualModels.fit(train, config, dense, rated, start=start)
             )
+        if self.held is not None:
+            held = self.held
+            fields = (*_RESIDUAL_FIELDS, "validation_fraction")
+            key = ("kmeans_knn.residual_models.loo", train.fingerprint,
+                   config_key(config, only=fields))  # fmt: skip
+            return shared_component(key, lambda: _loo_models(train, config, dense, rated, held))
         key = (
             "kmeans_knn.residual_models", train.fingerprint,
             config_key(config, only=_RESIDUAL_FIELDS),
@@ -552,6 +602,59 @@ class _DenseParts(_Parts):
     def base(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Baseline plus cluster biases for known positions."""
         return self.biases.predict(users, items) + self.cluster_bias[users, items]
+
+    def loo_parts(
+        self, train: Ratings, chosen: np.ndarray, counts: Sequence[int]
+    ) -> tuple[dict[int, np.ndarray], np.ndarray]:
+        """``({k: design}, target)`` of the training ratings ``chosen`` as if each had been left
+        out of the fit (approximately): the blend's inputs without a held-out fit.
+
+        The baseline without the rating: its user's (item's) bias moves by the residual over
+        (count - 1 + damping), which raises the target residual and the user's (item's) other
+        residuals by as much. The KNN sides: similarities with the pair's own residuals taken
+        out of their sums (exact given the residuals). The factors: ``e / (1 - h)``, ``h`` the
+        ridge leverage of the rating in its user's and its item's ALS solve. The implicit
+        score is taken as it is."""
+        config = self.config
+        users, items = train.user_index[chosen], train.item_index[chosen]
+        residual = (train.values[chosen] - self.base(users, items)).astype(np.float32)
+        user_count = np.bincount(train.user_index, minlength=train.n_users)[users]
+        item_count = np.bincount(train.item_index, minlength=train.n_items)[items]
+        user_shift = residual / np.maximum(user_count - 1 + config.user_damping, 1.0)
+        item_shift = residual / np.maximum(item_count - 1 + config.item_damping, 1.0)
+        target = (residual + user_shift + item_shift).astype(np.float64)
+        columns: dict[int, list[np.ndarray]] = {k: [] for k in counts}
+        damping = config.neighbor_damping
+        for side, stats, owners, targets, shift in (
+            (self.item_side, self.models.item_stats, users, items, user_shift),
+            (self.user_side, self.models.user_stats, items, users, item_shift),
+        ):
+            if side is None:
+                continue
+            assert stats is not None, "fit with loo=True"
+            pair_weight = None
+            if side.labels is not None and config.n_clusters > 1:
+                same = side.labels[:, None] == side.labels[None, :]
+                pair_weight = np.where(same, 1.0, config.cluster_weight).astype(np.float32)
+            average = loo_neighborhood_average(
+                stats, side.lists, owners, targets, residual, counts, damping,
+                config.shrinkage, config.min_support, shift, pair_weight,
+            )  # fmt: skip
+            for k in counts:
+                columns[k].append(average[k][0])
+        if self.models.held_factors is not None:
+            user_factors, item_factors = self.models.held_factors
+            dot = (user_factors[users] * item_factors[items]).sum(axis=1)
+            for k in counts:
+                columns[k].append(dot)
+        implicit = (
+            None if self.implicit is None else self.implicit.loo_scores(users, items)
+        )
+        designs = {
+            k: _design(parts, self.user_support[users], self.item_support[items], implicit)
+            for k, parts in columns.items()
+        }
+        return designs, target
 
     def _average(
         self, side: Any, owners: np.ndarray, targets: np.ndarray, counts: Sequence[int]
@@ -713,7 +816,7 @@ class KMeansKNN(RecommenderModel[KMeansKNNConfig]):
         # but the 5% fewest-rated training users had, on whom its weights were learnt)
         per_user = np.bincount(train.user_index, minlength=train.n_users)
         self.implicit_fold_in_ratings_ = int(np.percentile(per_user[per_user > 0], 5))
-        kept = None if config.refit else inner
+        kept = inner if (self.single_fit(train) or not config.refit) else None
         parts = kept if kept is not None else self._parts_class(train)(train, config, inner=inner)
         self.parts_: _Parts = parts
         self.cluster_labels_ = parts.user_labels if config.based != "item" else parts.item_labels
@@ -768,6 +871,13 @@ class KMeansKNN(RecommenderModel[KMeansKNNConfig]):
         state.setdefault("_fold_in_users", None)
         self.__dict__.update(state)
 
+    def single_fit(self, train: Ratings) -> bool:
+        """Whether the parts are fit once (``blend_fit="loo"``, dense engine, a blend)."""
+        config = self.config
+        return (
+            config.blend_fit == "loo" and config.n_parts > 1 and not config.sparse_for(train)
+        )
+
     def _parts_class(self, train: Ratings) -> type[_Parts]:
         return _SparseParts if self.config.sparse_for(train) else _DenseParts
 
@@ -794,14 +904,20 @@ class KMeansKNN(RecommenderModel[KMeansKNNConfig]):
             return weights, weights, None
         rng = np.random.default_rng(config.seed)
         held = rng.random(len(train)) < config.validation_fraction
-        inner = self._parts_class(train)(train.subset(~held), config, held_out=True)
         fitted_on = np.flatnonzero(held)
         if len(fitted_on) > BLEND_PAIRS:
             fitted_on = np.sort(rng.choice(fitted_on, BLEND_PAIRS, replace=False))
-        users, items = train.user_index[fitted_on], train.item_index[fitted_on]
-        target = train.values[fitted_on] - inner.base(users, items)
+        if self.single_fit(train):
+            # the parts on all the ratings; the weights on leave-one-out predictions
+            inner = _DenseParts(train, config, held=held)
+            designs, target = inner.loo_parts(train, fitted_on, counts)
+        else:
+            inner = self._parts_class(train)(train.subset(~held), config, held_out=True)
+            users, items = train.user_index[fitted_on], train.item_index[fitted_on]
+            target = train.values[fitted_on] - inner.base(users, items)
+            designs = inner.residual_parts(users, items, counts)
         weights, fold_in = {}, {}
-        for k, design in inner.residual_parts(users, items, counts).items():
+        for k, design in designs.items():
             weights[k] = np.linalg.lstsq(design, target, rcond=None)[0]
             fold_in[k] = weights[k]
             if inner.implicit is not None:  # the implicit score's columns come last

@@ -31,22 +31,57 @@ def shrunk_similarity(
     ``cosine``: cosine of the whole residual rows. Both are shrunk by ``(n-1)/(n-1+shrinkage)``
     for ``n`` co-rated columns, zeroed below ``min_support`` and on the diagonal.
     """
+    return similarity_stats(residuals, rated, measure).shrunk(shrinkage, min_support)
+
+
+@dataclass(frozen=True)
+class SimilarityStats:
+    """The sums a shrunk similarity is made of, kept so that one pair's own rating can be
+    taken out of them (:func:`loo_neighborhood_average`): ``covariance[a, b]`` (sum of
+    residual products), ``support[a, b]`` (co-ratings) and, for pearson, ``squares[a, b]`` (a's
+    squared residuals where b rated); for cosine, ``lengths[a]`` (a's squared residuals)."""
+
+    measure: Similarity
+    covariance: np.ndarray
+    support: np.ndarray
+    squares: np.ndarray | None
+    lengths: np.ndarray | None
+
+    def shrunk(self, shrinkage: float, min_support: int) -> np.ndarray:
+        if self.squares is not None:
+            norms = np.sqrt(self.squares * self.squares.T)
+        else:
+            assert self.lengths is not None
+            length = np.sqrt(self.lengths)
+            norms = np.outer(length, length)
+        similarity = _shrink(self.covariance, norms, self.support, shrinkage, min_support)
+        np.fill_diagonal(similarity, 0.0)
+        return similarity
+
+
+def _shrink(
+    covariance: np.ndarray, norms: np.ndarray, support: np.ndarray, shrinkage: float,
+    min_support: int,
+) -> np.ndarray:  # fmt: skip
+    similarity = np.divide(covariance, norms, out=np.zeros_like(covariance), where=norms > 0)
+    overlap = np.maximum(support - 1.0, 0.0)
+    similarity *= overlap / (overlap + shrinkage) if shrinkage > 0 else (overlap > 0)
+    similarity[support < min_support] = 0.0
+    return similarity
+
+
+def similarity_stats(
+    residuals: np.ndarray, rated: np.ndarray, measure: Similarity = "pearson"
+) -> SimilarityStats:
+    """The :class:`SimilarityStats` of the rows of a dense ``residuals`` matrix."""
     x = residuals.astype(np.float32, copy=False)
     mask = rated.astype(np.float32, copy=False)
     covariance = x @ x.T
     support = mask @ mask.T
     if measure == "pearson":
         squares = (x * x) @ mask.T  # squares[a, b]: sum of a's squared residuals where b rated
-        norms = np.sqrt(squares * squares.T)
-    else:
-        length = np.sqrt((x * x).sum(axis=1))
-        norms = np.outer(length, length)
-    similarity = np.divide(covariance, norms, out=np.zeros_like(covariance), where=norms > 0)
-    overlap = np.maximum(support - 1.0, 0.0)
-    similarity *= overlap / (overlap + shrinkage) if shrinkage > 0 else (overlap > 0)
-    similarity[support < min_support] = 0.0
-    np.fill_diagonal(similarity, 0.0)
-    return similarity
+        return SimilarityStats(measure, covariance, support, squares, None)
+    return SimilarityStats(measure, covariance, support, None, (x * x).sum(axis=1))
 
 
 @dataclass(frozen=True)
@@ -158,3 +193,63 @@ def top_k_rows(similarity: np.ndarray, k: int) -> np.ndarray:
     best = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
     np.put_along_axis(kept, best, np.take_along_axis(similarity, best, axis=1), axis=1)
     return kept
+
+
+def loo_neighborhood_average(
+    stats: SimilarityStats,
+    lists: RatedLists,
+    owners: np.ndarray,
+    targets: np.ndarray,
+    own_values: np.ndarray,
+    neighbor_counts: Sequence[int],
+    damping: float = 0.0,
+    shrinkage: float = 100.0,
+    min_support: int = 1,
+    shift: np.ndarray | None = None,
+    pair_weight: np.ndarray | None = None,
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """:func:`neighborhood_average` of pairs that are in the data (the owner's list holds the
+    target, with the residual ``own_values``), as if that rating had not been there: the
+    similarities leave it out of their sums (leave-one-out), the target is not its own
+    neighbour, and ``shift`` (per pair) is added to the owner's other residuals (the change
+    of the owner's bias without the rating). ``pair_weight[a, b]`` scales similarities (the
+    cluster weighting), when given."""
+    counts = sorted({int(k) for k in neighbor_counts})
+    largest = counts[-1]
+    last = lists.n_entities - 1
+    results = {k: (np.zeros(len(owners)), np.zeros(len(owners))) for k in counts}
+    for chunk in length_buckets(lists.counts[owners]):
+        width = max(int(lists.counts[owners[chunk]].max()), 1)
+        neighbors, values = lists.padded(owners[chunk], width)
+        target = targets[chunk, None]
+        valid = (neighbors < lists.n_entities) & (neighbors != target)
+        at = np.minimum(neighbors, last)
+        own = own_values[chunk, None].astype(np.float32)
+        covariance = stats.covariance[target, at] - own * values
+        support = stats.support[target, at] - 1.0
+        if stats.squares is not None:
+            norms = (stats.squares[target, at] - own * own) * (stats.squares[at, target] - values * values)
+        else:
+            assert stats.lengths is not None
+            norms = (stats.lengths[target] - own * own) * (stats.lengths[at] - values * values)
+        norms = np.sqrt(np.maximum(norms, 0.0))
+        weights = _shrink(covariance, norms, support, shrinkage, min_support)
+        if pair_weight is not None:
+            weights *= pair_weight[target, at]
+        weights[~valid] = 0.0
+        if shift is not None:
+            values = values + shift[chunk, None].astype(np.float32)
+        if width > largest:
+            best = np.argpartition(-weights, largest - 1, axis=1)[:, :largest]
+            weights = np.take_along_axis(weights, best, axis=1)
+            values = np.take_along_axis(values, best, axis=1)
+        order = np.argsort(-weights, axis=1, kind="stable")
+        weights = np.maximum(np.take_along_axis(weights, order, axis=1), 0.0)
+        values = np.take_along_axis(values, order, axis=1)
+        weighted = np.cumsum(weights * values, axis=1, dtype=np.float64)
+        total = np.cumsum(weights, axis=1, dtype=np.float64)
+        for k in counts:
+            column = min(k, weights.shape[1]) - 1
+            results[k][0][chunk] = damped_average(weighted[:, column], total[:, column], damping)
+            results[k][1][chunk] = total[:, column]
+    return results

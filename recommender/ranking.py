@@ -54,6 +54,8 @@ class _Fitted:
     cluster_labels: np.ndarray
     similarity: np.ndarray
     item_weights: np.ndarray | None
+    inverse_diagonal: np.ndarray | None = None
+    """The diagonal of EASE's ``(rated.T rated + item_l2 I)^-1`` (leave-one-out scores)."""
 
 
 class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
@@ -73,14 +75,17 @@ class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
         self.cluster_labels_ = fitted.cluster_labels
         self.similarity_ = fitted.similarity
         self.item_weights_ = fitted.item_weights
+        self.inverse_diagonal_ = fitted.inverse_diagonal
 
     def _fit_arrays(self, train: Ratings) -> _Fitted:
         config = self.config
         rated = np.zeros((train.n_users, train.n_items), dtype=np.float32)
         rated[train.user_index, train.item_index] = 1.0
         labels = cluster_labels(rated, config.n_clusters, config.seed)
-        item_weights = self._item_weights(rated) if config.item_weight > 0 else None
-        return _Fitted(rated, labels, self._user_similarity(rated, labels), item_weights)
+        item_weights = diagonal = None
+        if config.item_weight > 0:
+            item_weights, diagonal = self._item_weights(rated)
+        return _Fitted(rated, labels, self._user_similarity(rated, labels), item_weights, diagonal)
 
     def _user_similarity(self, rated: np.ndarray, labels: np.ndarray) -> np.ndarray:
         length = np.sqrt(rated.sum(axis=1))
@@ -93,12 +98,61 @@ class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
         np.fill_diagonal(similarity, 0.0)
         return similarity.astype(np.float32)
 
-    def _item_weights(self, rated: np.ndarray) -> np.ndarray:
+    def _item_weights(self, rated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # EASE (Steck 2019): closed-form item-item regression with a zero diagonal.
         inverse = ridge_gram_inverse(rated, self.config.item_l2)
+        diagonal = np.diag(inverse).astype(np.float64)
         weights = -inverse / np.diag(inverse)[None, :]
         np.fill_diagonal(weights, 0.0)
-        return weights.astype(np.float32)
+        return weights.astype(np.float32), diagonal
+
+    def loo_scores(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """:meth:`_score_users` of rated (user, item) pairs as if that one rating had not been
+        there (leave-one-out), for a blend fit on training pairs. User-KNN: the user's
+        overlaps with the others and own count lose the item, the top neighbours are found
+        again. EASE: item i's ridge regression without the user's 1 on i, by its leverage
+        ``h``: ``(fitted - h) / (1 - h)``. Each scaled by the user's in-sample row maximum."""
+        self._check_fitted()
+        config = self.config
+        rated = self.rated_
+        found, rows = np.unique(users, return_inverse=True)
+        lengths = rated.sum(axis=1).astype(np.float64)
+        user_raw = top_k_rows(self.similarity_[found], config.n_neighbors) @ rated
+        user_max = np.maximum(np.abs(user_raw).max(axis=1), 1e-12)[rows]
+        overlap = (rated[found] @ rated.T)[rows]  # pairs x users
+        loo_user = np.empty(len(users))
+        k = min(config.n_neighbors, rated.shape[0] - 1)
+        for chunk in np.array_split(np.arange(len(users)), max(len(users) // 2000, 1)):
+            raters = rated[:, items[chunk]].T  # chunk x users: who rated the item
+            shared = overlap[chunk] - raters
+            norms = np.sqrt(np.maximum(lengths[users[chunk], None] - 1.0, 0.0) * lengths[None, :])
+            similarity = np.divide(shared, np.maximum(norms, 1e-9)) ** config.sharpen
+            if config.n_clusters > 1:
+                labels = self.cluster_labels_
+                same = labels[users[chunk], None] == labels[None, :]
+                similarity *= np.where(same, 1.0, config.cluster_weight)
+            similarity[np.arange(len(chunk)), users[chunk]] = 0.0
+            best = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+            loo_user[chunk] = (
+                np.take_along_axis(similarity, best, axis=1)
+                * np.take_along_axis(raters, best, axis=1)
+            ).sum(axis=1)
+        user_scores = loo_user / user_max
+        if self.item_weights_ is None or self.inverse_diagonal_ is None:
+            return user_scores
+        raw = rated[found] @ self.item_weights_  # in-sample EASE scores S
+        diagonal = self.inverse_diagonal_
+        # rows of X P: M[u, i] = d_i (X[u, i] - S[u, i]); x' P x' with x' = X[u] less item i
+        quadratic = ((rated[found] * (1.0 - raw)) @ diagonal)[rows]
+        fitted = raw[rows, items].astype(np.float64)
+        d = diagonal[items]
+        m = d * (1.0 - fitted)
+        leverage = quadratic - 2.0 * m + d - d * fitted**2
+        leverage = np.clip(leverage, 0.0, 0.95)
+        ease = (fitted - leverage) / (1.0 - leverage)
+        ease_max = np.maximum(np.abs(raw).max(axis=1), 1e-12)[rows]
+        share = config.item_weight
+        return (1.0 - share) * user_scores + share * ease / ease_max
 
     def _predict_index(
         self, users: np.ndarray, items: np.ndarray, n_neighbors: int | None = None
