@@ -212,8 +212,9 @@ class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
 def ridge_gram_inverse(rated: np.ndarray, l2: float) -> np.ndarray:
     """``(rated.T @ rated + l2 * I)^-1`` in float32 (the ridge keeps it well conditioned:
     relative error about 1e-7 against float64). With fewer users than items (MovieLens 100K)
-    by Woodbury, ``(I - A.T (A A.T + l2 I)^-1 A) / l2``: a Cholesky solve of the users x users
-    system and one product instead of inverting the items x items one (3x faster here)."""
+    by Woodbury, ``(I - Y.T Y) / l2`` with ``Y = L^-1 A``, ``L L.T = A A.T + l2 I``: a
+    Cholesky factor of the users x users system, one triangular solve and one symmetric
+    product (about half the flops of solving with ``A`` and multiplying by ``A.T``)."""
     rated = rated.astype(np.float32, copy=False)
     n_users, n_items = rated.shape
     if n_users >= n_items:
@@ -222,8 +223,10 @@ def ridge_gram_inverse(rated: np.ndarray, l2: float) -> np.ndarray:
         return np.asarray(np.linalg.inv(gram))
     kernel = rated @ rated.T
     kernel[np.diag_indices_from(kernel)] += l2
-    factor = scipy.linalg.cho_factor(kernel, lower=True, check_finite=False)
-    inverse = -(rated.T @ scipy.linalg.cho_solve(factor, rated, check_finite=False))
+    lower = scipy.linalg.cholesky(kernel, lower=True, check_finite=False)
+    solved = scipy.linalg.solve_triangular(lower, rated, lower=True, check_finite=False)
+    solved = np.asarray(solved, dtype=np.float32)
+    inverse = -(solved.T @ solved)  # NumPy takes a.T @ a as a symmetric product (syrk)
     inverse[np.diag_indices_from(inverse)] += 1.0
     inverse /= l2
     return inverse
