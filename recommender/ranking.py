@@ -47,6 +47,17 @@ _SCORING = ("n_neighbors",)
 
 
 @dataclass(frozen=True)
+class _Scores:
+    """Every training user's scores at the configured ``n_neighbors`` (shared like the fit):
+    the blend, and the parts' row maxima and raw EASE scores (leave-one-out scores)."""
+
+    blended: np.ndarray
+    user_max: np.ndarray
+    item_raw: np.ndarray | None
+    item_max: np.ndarray | None
+
+
+@dataclass(frozen=True)
 class _Fitted:
     """What a fit learns from the ratings alone (shared by fits on equal data and config)."""
 
@@ -117,8 +128,8 @@ class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
         rated = self.rated_
         found, rows = np.unique(users, return_inverse=True)
         lengths = rated.sum(axis=1).astype(np.float64)
-        user_raw = top_k_rows(self.similarity_[found], config.n_neighbors) @ rated
-        user_max = np.maximum(np.abs(user_raw).max(axis=1), 1e-12)[rows]
+        scores = self._all_scores()
+        user_max = scores.user_max[users]
         overlap = (rated[found] @ rated.T)[rows]  # pairs x users
         loo_user = np.empty(len(users))
         k = min(config.n_neighbors, rated.shape[0] - 1)
@@ -138,9 +149,9 @@ class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
                 * np.take_along_axis(raters, best, axis=1)
             ).sum(axis=1)
         user_scores = loo_user / user_max
-        if self.item_weights_ is None or self.inverse_diagonal_ is None:
+        if scores.item_raw is None or scores.item_max is None or self.inverse_diagonal_ is None:
             return user_scores
-        raw = rated[found] @ self.item_weights_  # in-sample EASE scores S
+        raw = scores.item_raw[found]  # in-sample EASE scores S
         diagonal = self.inverse_diagonal_
         # rows of X P: M[u, i] = d_i (X[u, i] - S[u, i]); x' P x' with x' = X[u] less item i
         quadratic = ((rated[found] * (1.0 - raw)) @ diagonal)[rows]
@@ -150,7 +161,7 @@ class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
         leverage = quadratic - 2.0 * m + d - d * fitted**2
         leverage = np.clip(leverage, 0.0, 0.95)
         ease = (fitted - leverage) / (1.0 - leverage)
-        ease_max = np.maximum(np.abs(raw).max(axis=1), 1e-12)[rows]
+        ease_max = scores.item_max[users]
         share = config.item_weight
         return (1.0 - share) * user_scores + share * ease / ease_max
 
@@ -163,8 +174,28 @@ class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
     def ranking_depends_on_neighbors(self) -> bool:
         return True
 
+    def _all_scores(self) -> _Scores:
+        """The scores of every training user, computed once per fitted data and config."""
+        key = ("implicit_knn.scores", self.ratings_.fingerprint, config_key(self.config))
+        return shared_component(key, self._compute_all_scores)
+
+    def _compute_all_scores(self) -> _Scores:
+        neighbors = top_k_rows(self.similarity_, self.config.n_neighbors)
+        user_raw = neighbors @ self.rated_
+        user_max = np.maximum(np.abs(user_raw).max(axis=1), 1e-12)
+        user_scores = user_raw / user_max[:, None]
+        if self.item_weights_ is None:
+            return _Scores(user_scores, user_max, None, None)
+        item_raw = self.rated_ @ self.item_weights_
+        item_max = np.maximum(np.abs(item_raw).max(axis=1), 1e-12)
+        share = self.config.item_weight
+        blended = (1.0 - share) * user_scores + share * (item_raw / item_max[:, None])
+        return _Scores(blended, user_max, item_raw, item_max)
+
     def _score_users(self, users: np.ndarray, n_neighbors: int | None = None) -> np.ndarray:
         k = n_neighbors or self.config.n_neighbors
+        if k == self.config.n_neighbors:  # every user's, computed once
+            return self._all_scores().blended[users]
         neighbors = top_k_rows(self.similarity_[users], k)
         user_scores = _scaled(neighbors @ self.rated_)
         if self.item_weights_ is None:
