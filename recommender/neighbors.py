@@ -16,6 +16,7 @@ Similarity = Literal["pearson", "cosine"]
 # Pairs are processed in buckets of owners with similar list lengths, so padding stays small.
 _LENGTH_RATIO = 1.25
 _MAX_BUCKET_CELLS = 8_000_000
+_LAYOUT_CELLS = 4_000_000
 
 
 def shrunk_similarity(
@@ -98,10 +99,26 @@ class RatedLists:
 
     def padded(self, owners: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
         """``(positions, values)`` of the owners' lists, ``len(owners) x width``."""
+        layout = self._layout
+        if layout is not None and width <= layout[0].shape[1]:
+            return layout[0][owners, :width], layout[1][owners, :width]
         slots = np.arange(width)
         valid = slots[None, :] < self.counts[owners, None]
         # The last element is the padding entry: (n_entities, 0.0).
         at = np.where(valid, self.starts[owners, None] + slots[None, :], len(self.entities) - 1)
+        return self.entities[at], self.values[at]
+
+    @cached_property
+    def _layout(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Every list padded to the longest, when that is at most :data:`_LAYOUT_CELLS`
+        cells (small sets): :meth:`padded` then slices rows instead of gathering."""
+        n_owners = len(self.counts)
+        width = int(self.counts.max()) if n_owners else 0
+        if n_owners == 0 or n_owners * width > _LAYOUT_CELLS:
+            return None
+        slots = np.arange(width)
+        valid = slots[None, :] < self.counts[:, None]
+        at = np.where(valid, self.starts[:, None] + slots[None, :], len(self.entities) - 1)
         return self.entities[at], self.values[at]
 
     @cached_property
@@ -145,28 +162,56 @@ def neighborhood_average(
     positive similarities. All ``k`` share one partial sort, so a neighbour sweep is cheap.
     """
     counts = sorted({int(k) for k in neighbor_counts})
-    largest = counts[-1]
     padded_similarity = np.zeros((similarity.shape[0], lists.n_entities + 1), np.float32)
     padded_similarity[:, : lists.n_entities] = similarity
+    flat = padded_similarity.ravel()
     results = {k: (np.zeros(len(owners)), np.zeros(len(owners))) for k in counts}
     for chunk in length_buckets(lists.counts[owners]):
         width = max(int(lists.counts[owners[chunk]].max()), 1)
         neighbors, values = lists.padded(owners[chunk], width)
-        weights = padded_similarity[targets[chunk, None], neighbors]
-        if width > largest:
-            best = np.argpartition(-weights, largest - 1, axis=1)[:, :largest]
-            weights = np.take_along_axis(weights, best, axis=1)
-            values = np.take_along_axis(values, best, axis=1)
-        order = np.argsort(-weights, axis=1, kind="stable")
-        weights = np.maximum(np.take_along_axis(weights, order, axis=1), 0.0)
-        values = np.take_along_axis(values, order, axis=1)
-        weighted = np.cumsum(weights * values, axis=1, dtype=np.float64)
-        total = np.cumsum(weights, axis=1, dtype=np.float64)
-        for k in counts:
-            column = min(k, weights.shape[1]) - 1
-            results[k][0][chunk] = damped_average(weighted[:, column], total[:, column], damping)
-            results[k][1][chunk] = total[:, column]
+        weights = flat.take(targets[chunk, None] * (lists.n_entities + 1) + neighbors)
+        _top_k_averages(weights, values, counts, damping, chunk, results)
     return results
+
+
+def _top_k_averages(
+    weights: np.ndarray, values: np.ndarray, counts: list[int], damping: float,
+    chunk: np.ndarray, results: dict[int, tuple[np.ndarray, np.ndarray]],
+) -> None:  # fmt: skip
+    """Writes ``results[k][0][chunk]`` (damped average of ``values`` over each row's ``k``
+    largest ``weights``, negatives counted as 0) and ``results[k][1][chunk]`` (their sum)."""
+    largest = counts[-1]
+    width = weights.shape[1]
+    if len(counts) == 1:  # one count: no sort; the k best are those at least the k-th best
+        positive = np.maximum(weights, 0.0)
+        if width > largest:
+            kth = np.partition(weights, width - largest, axis=1)[:, width - largest, None]
+            kept = weights >= kth
+            positive *= kept
+            tied = np.flatnonzero(kept.sum(axis=1) > largest)  # ties at the k-th: exactly k
+            if len(tied):
+                best = np.argpartition(-weights[tied], largest - 1, axis=1)[:, :largest]
+                positive[tied] = 0.0
+                rows = tied[:, None]
+                positive[rows, best] = np.maximum(weights[rows, best], 0.0)
+        total = positive.sum(axis=1, dtype=np.float64)
+        weighted = (positive * values).sum(axis=1, dtype=np.float64)
+        results[largest][0][chunk] = damped_average(weighted, total, damping)
+        results[largest][1][chunk] = total
+        return
+    if width > largest:
+        best = np.argpartition(-weights, largest - 1, axis=1)[:, :largest]
+        weights = np.take_along_axis(weights, best, axis=1)
+        values = np.take_along_axis(values, best, axis=1)
+    order = np.argsort(-weights, axis=1, kind="stable")
+    weights = np.maximum(np.take_along_axis(weights, order, axis=1), 0.0)
+    values = np.take_along_axis(values, order, axis=1)
+    weighted = np.cumsum(weights * values, axis=1, dtype=np.float64)
+    total = np.cumsum(weights, axis=1, dtype=np.float64)
+    for k in counts:
+        column = min(k, weights.shape[1]) - 1
+        results[k][0][chunk] = damped_average(weighted[:, column], total[:, column], damping)
+        results[k][1][chunk] = total[:, column]
 
 
 def length_buckets(lengths: np.ndarray, max_cells: int = _MAX_BUCKET_CELLS) -> list[np.ndarray]:
@@ -216,40 +261,35 @@ def loo_neighborhood_average(
     cluster weighting), when given."""
     counts = sorted({int(k) for k in neighbor_counts})
     largest = counts[-1]
-    last = lists.n_entities - 1
+    n = lists.n_entities
+    # every sum read at (target, neighbour) from one flat index; the padding (entity n)
+    # reads column 0 and is dropped below
+    covariance, support = stats.covariance.ravel(), stats.support.ravel()
+    if stats.squares is not None:
+        own_squares = stats.squares.ravel()
+        their_squares = np.ascontiguousarray(stats.squares.T).ravel()
     results = {k: (np.zeros(len(owners)), np.zeros(len(owners))) for k in counts}
     for chunk in length_buckets(lists.counts[owners]):
         width = max(int(lists.counts[owners[chunk]].max()), 1)
         neighbors, values = lists.padded(owners[chunk], width)
         target = targets[chunk, None]
-        valid = (neighbors < lists.n_entities) & (neighbors != target)
-        at = np.minimum(neighbors, last)
+        valid = (neighbors < n) & (neighbors != target)
+        at = target * n + np.where(valid, neighbors, 0)
         own = own_values[chunk, None].astype(np.float32)
-        covariance = stats.covariance[target, at] - own * values
-        support = stats.support[target, at] - 1.0
+        sums = covariance.take(at) - own * values
+        co_rated = support.take(at) - np.float32(1.0)
         if stats.squares is not None:
-            norms = (stats.squares[target, at] - own * own) * (stats.squares[at, target] - values * values)
+            norms = (own_squares.take(at) - own * own) * (their_squares.take(at) - values * values)
         else:
             assert stats.lengths is not None
-            norms = (stats.lengths[target] - own * own) * (stats.lengths[at] - values * values)
+            lengths = stats.lengths
+            norms = (lengths[target] - own * own) * (lengths[np.where(valid, neighbors, 0)] - values * values)
         norms = np.sqrt(np.maximum(norms, 0.0))
-        weights = _shrink(covariance, norms, support, shrinkage, min_support)
+        weights = _shrink(sums, norms, co_rated, shrinkage, min_support)
         if pair_weight is not None:
-            weights *= pair_weight[target, at]
+            weights *= pair_weight.ravel().take(at)
         weights[~valid] = 0.0
         if shift is not None:
             values = values + shift[chunk, None].astype(np.float32)
-        if width > largest:
-            best = np.argpartition(-weights, largest - 1, axis=1)[:, :largest]
-            weights = np.take_along_axis(weights, best, axis=1)
-            values = np.take_along_axis(values, best, axis=1)
-        order = np.argsort(-weights, axis=1, kind="stable")
-        weights = np.maximum(np.take_along_axis(weights, order, axis=1), 0.0)
-        values = np.take_along_axis(values, order, axis=1)
-        weighted = np.cumsum(weights * values, axis=1, dtype=np.float64)
-        total = np.cumsum(weights, axis=1, dtype=np.float64)
-        for k in counts:
-            column = min(k, weights.shape[1]) - 1
-            results[k][0][chunk] = damped_average(weighted[:, column], total[:, column], damping)
-            results[k][1][chunk] = total[:, column]
+        _top_k_averages(weights, values, counts, damping, chunk, results)
     return results

@@ -127,27 +127,28 @@ class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
         config = self.config
         rated = self.rated_
         found, rows = np.unique(users, return_inverse=True)
-        lengths = rated.sum(axis=1).astype(np.float64)
+        lengths = rated.sum(axis=1)
         scores = self._all_scores()
         user_max = scores.user_max[users]
-        overlap = (rated[found] @ rated.T)[rows]  # pairs x users
+        overlap = rated[found] @ rated.T  # found users x users
+        by_item = np.ascontiguousarray(rated.T)  # items x users: who rated each item
+        root_lengths = np.sqrt(lengths)
         loo_user = np.empty(len(users))
-        k = min(config.n_neighbors, rated.shape[0] - 1)
-        for chunk in np.array_split(np.arange(len(users)), max(len(users) // 2000, 1)):
-            raters = rated[:, items[chunk]].T  # chunk x users: who rated the item
-            shared = overlap[chunk] - raters
-            norms = np.sqrt(np.maximum(lengths[users[chunk], None] - 1.0, 0.0) * lengths[None, :])
-            similarity = np.divide(shared, np.maximum(norms, 1e-9)) ** config.sharpen
+        n_users = rated.shape[0]
+        k = min(config.n_neighbors, n_users - 1)
+        for chunk in np.array_split(np.arange(len(users)), max(len(users) // 1000, 1)):
+            owner = users[chunk]
+            raters = by_item[items[chunk]]
+            shared = overlap[rows[chunk]] - raters
+            scale = np.sqrt(np.maximum(lengths[owner] - 1.0, 0.0))[:, None] * root_lengths[None, :]
+            similarity = np.divide(shared, np.maximum(scale, np.float32(1e-9)))
+            similarity = _power(similarity, config.sharpen)
             if config.n_clusters > 1:
                 labels = self.cluster_labels_
-                same = labels[users[chunk], None] == labels[None, :]
-                similarity *= np.where(same, 1.0, config.cluster_weight)
-            similarity[np.arange(len(chunk)), users[chunk]] = 0.0
-            best = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-            loo_user[chunk] = (
-                np.take_along_axis(similarity, best, axis=1)
-                * np.take_along_axis(raters, best, axis=1)
-            ).sum(axis=1)
+                same = labels[owner, None] == labels[None, :]
+                similarity *= np.where(same, 1.0, config.cluster_weight).astype(np.float32)
+            similarity[np.arange(len(chunk)), owner] = 0.0
+            loo_user[chunk] = _top_k_sum(similarity, raters, k)
         user_scores = loo_user / user_max
         if scores.item_raw is None or scores.item_max is None or self.inverse_diagonal_ is None:
             return user_scores
@@ -261,6 +262,26 @@ def ridge_gram_inverse(rated: np.ndarray, l2: float) -> np.ndarray:
     inverse[np.diag_indices_from(inverse)] += 1.0
     inverse /= l2
     return inverse
+
+
+def _power(values: np.ndarray, exponent: float) -> np.ndarray:
+    """``values ** exponent`` (non-negative values), by multiplications for small integers."""
+    if float(exponent).is_integer() and 1 <= exponent <= 4:
+        result = values.copy()
+        for _ in range(int(exponent) - 1):
+            result *= values
+        return result
+    return np.power(values, exponent)
+
+
+def _top_k_sum(weights: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the sum of ``weights * values`` over the row's ``k`` largest weights."""
+    width = weights.shape[1]
+    if k >= width:
+        return (weights * values).sum(axis=1, dtype=np.float64)
+    best = np.argpartition(-weights, k - 1, axis=1)[:, :k]
+    chosen = np.take_along_axis(weights, best, axis=1) * np.take_along_axis(values, best, axis=1)
+    return chosen.sum(axis=1, dtype=np.float64)
 
 
 def _scaled(scores: np.ndarray) -> np.ndarray:
