@@ -40,7 +40,7 @@ from recommender.neighbors import (
     shrunk_similarity,
     similarity_stats,
 )
-from recommender.ranking import ImplicitKNN, ImplicitKNNConfig, ItemKNNScorer
+from recommender.ranking import ImplicitKNN, ImplicitKNNConfig, ItemKNNScorer, user_co_ratings
 from recommender.topk import TopNeighbors, sparse_rows, top_k_average, top_neighbors
 
 logger = logging.getLogger(__name__)
@@ -228,7 +228,8 @@ class _ResidualModels:
             item_similarity = item_stats.shrunk(config.shrinkage, config.min_support)
         if config.based in ("user", "both"):
             user_lists = rated_lists(items, users, residuals, train.n_items, train.n_users)
-            user_stats = similarity_stats(dense, rated, config.similarity)
+            co_rated = user_co_ratings(train, rated)
+            user_stats = similarity_stats(dense, rated, config.similarity, co_rated)
             user_similarity = user_stats.shrunk(config.shrinkage, config.min_support)
         factors = _refit_factors(train, config, residuals, start)
         if not keep_stats:

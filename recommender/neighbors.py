@@ -72,13 +72,16 @@ def _shrink(
 
 
 def similarity_stats(
-    residuals: np.ndarray, rated: np.ndarray, measure: Similarity = "pearson"
-) -> SimilarityStats:
-    """The :class:`SimilarityStats` of the rows of a dense ``residuals`` matrix."""
+    residuals: np.ndarray, rated: np.ndarray, measure: Similarity = "pearson",
+    support: np.ndarray | None = None,
+) -> SimilarityStats:  # fmt: skip
+    """The :class:`SimilarityStats` of the rows of a dense ``residuals`` matrix; ``support``:
+    ``rated @ rated.T`` when already known."""
     x = residuals.astype(np.float32, copy=False)
     mask = rated.astype(np.float32, copy=False)
     covariance = x @ x.T
-    support = mask @ mask.T
+    if support is None:
+        support = mask @ mask.T
     if measure == "pearson":
         squares = (x * x) @ mask.T  # squares[a, b]: sum of a's squared residuals where b rated
         return SimilarityStats(measure, covariance, support, squares, None)

@@ -93,25 +93,31 @@ class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
         rated = np.zeros((train.n_users, train.n_items), dtype=np.float32)
         rated[train.user_index, train.item_index] = 1.0
         labels = cluster_labels(rated, config.n_clusters, config.seed)
+        co_rated = user_co_ratings(train, rated)
         item_weights = diagonal = None
         if config.item_weight > 0:
-            item_weights, diagonal = self._item_weights(rated)
-        return _Fitted(rated, labels, self._user_similarity(rated, labels), item_weights, diagonal)
+            item_weights, diagonal = self._item_weights(rated, co_rated)
+        similarity = self._user_similarity(rated, labels, co_rated)
+        return _Fitted(rated, labels, similarity, item_weights, diagonal)
 
-    def _user_similarity(self, rated: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    def _user_similarity(
+        self, rated: np.ndarray, labels: np.ndarray, co_rated: np.ndarray
+    ) -> np.ndarray:
         length = np.sqrt(rated.sum(axis=1))
         norms = np.maximum(np.outer(length, length), 1e-9)
         # Sharpening (similarity ** p) lets the closest neighbours dominate the vote.
-        similarity = (rated @ rated.T / norms) ** self.config.sharpen
+        similarity = (co_rated / norms) ** self.config.sharpen
         if self.config.n_clusters > 1:
             same = labels[:, None] == labels[None, :]
             similarity *= np.where(same, 1.0, self.config.cluster_weight).astype(np.float32)
         np.fill_diagonal(similarity, 0.0)
         return similarity.astype(np.float32)
 
-    def _item_weights(self, rated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _item_weights(
+        self, rated: np.ndarray, co_rated: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         # EASE (Steck 2019): closed-form item-item regression with a zero diagonal.
-        inverse = ridge_gram_inverse(rated, self.config.item_l2)
+        inverse = ridge_gram_inverse(rated, self.config.item_l2, co_rated)
         diagonal = np.diag(inverse).astype(np.float64)
         weights = -inverse / np.diag(inverse)[None, :]
         np.fill_diagonal(weights, 0.0)
@@ -130,7 +136,7 @@ class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
         lengths = rated.sum(axis=1)
         scores = self._all_scores()
         user_max = scores.user_max[users]
-        overlap = rated[found] @ rated.T  # found users x users
+        overlap = user_co_ratings(self.ratings_, rated)[found]  # found users x users
         by_item = np.ascontiguousarray(rated.T)  # items x users: who rated each item
         root_lengths = np.sqrt(lengths)
         loo_user = np.empty(len(users))
@@ -241,7 +247,22 @@ class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
         return self.score_new_user(user.items)
 
 
-def ridge_gram_inverse(rated: np.ndarray, l2: float) -> np.ndarray:
+def user_co_ratings(train: Ratings, rated: np.ndarray) -> np.ndarray:
+    """``rated @ rated.T``: how many items each two users both rated, of the dense 0/1
+    ``rated`` matrix of ``train``; computed once per data (shared, read-only): the user-KNN
+    overlaps, EASE's users x users system and the user-side Pearson support are all it."""
+    key = ("co_ratings.users", train.fingerprint)
+
+    def compute() -> np.ndarray:
+        ones = rated.astype(np.float32, copy=False)
+        return np.asarray(ones @ ones.T)
+
+    return shared_component(key, compute)
+
+
+def ridge_gram_inverse(
+    rated: np.ndarray, l2: float, co_rated: np.ndarray | None = None
+) -> np.ndarray:
     """``(rated.T @ rated + l2 * I)^-1`` in float32 (the ridge keeps it well conditioned:
     relative error about 1e-7 against float64). With fewer users than items (MovieLens 100K)
     by Woodbury, ``(I - Y.T Y) / l2`` with ``Y = L^-1 A``, ``L L.T = A A.T + l2 I``: a
@@ -253,7 +274,7 @@ def ridge_gram_inverse(rated: np.ndarray, l2: float) -> np.ndarray:
         gram = rated.T @ rated
         gram[np.diag_indices_from(gram)] += l2
         return np.asarray(np.linalg.inv(gram))
-    kernel = rated @ rated.T
+    kernel = rated @ rated.T if co_rated is None else co_rated.astype(np.float32, copy=True)
     kernel[np.diag_indices_from(kernel)] += l2
     lower = scipy.linalg.cholesky(kernel, lower=True, check_finite=False)
     solved = scipy.linalg.solve_triangular(lower, rated, lower=True, check_finite=False)

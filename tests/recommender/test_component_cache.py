@@ -62,9 +62,11 @@ def test_cluster_sweep_shares_components_and_keeps_results() -> None:
     # the second fit misses nothing: its residual models and the blend's implicit scorer
     # (each on the validation split and on all the ratings) and its ranker hit; the first
     # fit's ranker hit its own refit's scorer (the same fit); the validation split's
-    # implicit scores (every user's, computed once) hit too
+    # implicit scores (every user's, computed once) hit too, and the users' co-ratings (of
+    # the validation split and of all the ratings) that the residual models share with the
+    # implicit scorer
     assert info.misses == misses
-    assert info.hits == 7
+    assert info.hits == 9
     assert second.parts_.implicit is not None and first.parts_.implicit is not None
     assert second.parts_.implicit.item_weights_ is first.ranker_.item_weights_
     assert second.parts_.factors is first.parts_.factors
