@@ -136,25 +136,29 @@ class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
         lengths = rated.sum(axis=1)
         scores = self._all_scores()
         user_max = scores.user_max[users]
-        overlap = user_co_ratings(self.ratings_, rated)[found]  # found users x users
-        by_item = np.ascontiguousarray(rated.T)  # items x users: who rated each item
-        root_lengths = np.sqrt(lengths)
-        loo_user = np.empty(len(users))
+        co_rated = user_co_ratings(self.ratings_, rated)
         n_users = rated.shape[0]
         k = min(config.n_neighbors, n_users - 1)
-        for chunk in np.array_split(np.arange(len(users)), max(len(users) // 1000, 1)):
-            owner = users[chunk]
-            raters = by_item[items[chunk]]
-            shared = overlap[rows[chunk]] - raters
-            scale = np.sqrt(np.maximum(lengths[owner] - 1.0, 0.0))[:, None] * root_lengths[None, :]
-            similarity = np.divide(shared, np.maximum(scale, np.float32(1e-9)))
-            similarity = _power(similarity, config.sharpen)
-            if config.n_clusters > 1:
-                labels = self.cluster_labels_
-                same = labels[owner, None] == labels[None, :]
-                similarity *= np.where(same, 1.0, config.cluster_weight).astype(np.float32)
-            similarity[np.arange(len(chunk)), owner] = 0.0
-            loo_user[chunk] = _top_k_sum(similarity, raters, k)
+        # Without the pair's rating the user's similarities only scale up by
+        # (n / (n - 1)) ** (sharpen / 2) or, for those who rated the item, fall: the new top
+        # k are among the old top `width` unless the k-th new one falls below the old
+        # (width + 1)-th so scaled (then that row is done over every user).
+        width = min(2 * k, n_users - 1)
+        ranked = np.argpartition(-self.similarity_[found], width, axis=1)
+        candidates = ranked[:, :width][rows]
+        beyond = np.take_along_axis(self.similarity_[found], ranked[:, width : width + 1], axis=1)
+        growth = (lengths / np.maximum(lengths - 1.0, 1.0)) ** (config.sharpen / 2.0)
+        bound = beyond[rows, 0] * growth[users]
+        loo_user = np.empty(len(users))
+        for chunk in np.array_split(np.arange(len(users)), max(len(users) // 2000, 1)):
+            loo_user[chunk], kth = self._loo_user_knn(
+                users[chunk], items[chunk], candidates[chunk], co_rated, lengths, k
+            )
+            redo = chunk[kth < bound[chunk]]
+            if len(redo):
+                everyone = np.broadcast_to(np.arange(n_users), (len(redo), n_users))
+                loo_user[redo] = self._loo_user_knn(users[redo], items[redo], everyone,
+                                                    co_rated, lengths, k)[0]  # fmt: skip
         user_scores = loo_user / user_max
         if scores.item_raw is None or scores.item_max is None or self.inverse_diagonal_ is None:
             return user_scores
@@ -171,6 +175,34 @@ class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
         ease_max = scores.item_max[users]
         share = config.item_weight
         return (1.0 - share) * user_scores + share * ease / ease_max
+
+    def _loo_user_knn(
+        self, users: np.ndarray, items: np.ndarray, candidates: np.ndarray,
+        co_rated: np.ndarray, lengths: np.ndarray, k: int,
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Leave-one-out user-KNN scores of (user, item) pairs over candidate neighbours
+        (rows of user positions; overlaps and the user's count less the item), and each
+        row's k-th largest similarity."""
+        config = self.config
+        n_users, n_items = self.rated_.shape
+        rated_by = self.rated_.ravel().take(candidates * n_items + items[:, None])
+        shared = co_rated.ravel().take(users[:, None] * n_users + candidates) - rated_by
+        scale = np.sqrt(np.maximum(lengths[users] - 1.0, 0.0))[:, None] * np.sqrt(
+            lengths[candidates]
+        )
+        similarity = _power(np.divide(shared, np.maximum(scale, np.float32(1e-9))), config.sharpen)
+        if config.n_clusters > 1:
+            labels = self.cluster_labels_
+            same = labels[users, None] == labels[candidates]
+            similarity *= np.where(same, 1.0, config.cluster_weight).astype(np.float32)
+        similarity[candidates == users[:, None]] = 0.0
+        width = similarity.shape[1]
+        if k >= width:
+            return (similarity * rated_by).sum(axis=1, dtype=np.float64), similarity.min(axis=1)
+        best = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        chosen = np.take_along_axis(similarity, best, axis=1)
+        total = (chosen * np.take_along_axis(rated_by, best, axis=1)).sum(axis=1, dtype=np.float64)
+        return total, chosen.min(axis=1)
 
     def _predict_index(
         self, users: np.ndarray, items: np.ndarray, n_neighbors: int | None = None
@@ -293,16 +325,6 @@ def _power(values: np.ndarray, exponent: float) -> np.ndarray:
             result *= values
         return result
     return np.power(values, exponent)
-
-
-def _top_k_sum(weights: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
-    """Per row, the sum of ``weights * values`` over the row's ``k`` largest weights."""
-    width = weights.shape[1]
-    if k >= width:
-        return (weights * values).sum(axis=1, dtype=np.float64)
-    best = np.argpartition(-weights, k - 1, axis=1)[:, :k]
-    chosen = np.take_along_axis(weights, best, axis=1) * np.take_along_axis(values, best, axis=1)
-    return chosen.sum(axis=1, dtype=np.float64)
 
 
 def _scaled(scores: np.ndarray) -> np.ndarray:
