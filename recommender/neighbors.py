@@ -286,7 +286,8 @@ def loo_neighborhood_average(
         else:
             assert stats.lengths is not None
             lengths = stats.lengths
-            norms = (lengths[target] - own * own) * (lengths[np.where(valid, neighbors, 0)] - values * values)
+            # the neighbour keeps its own rating by the owner: only the target's length falls
+            norms = (lengths[target] - own * own) * lengths[np.where(valid, neighbors, 0)]
         norms = np.sqrt(np.maximum(norms, 0.0))
         weights = _shrink(sums, norms, co_rated, shrinkage, min_support)
         if pair_weight is not None:

@@ -17,7 +17,13 @@ from recommender import (
     fit_biases,
 )
 from recommender.evaluate import evaluate_fold, evaluate_neighbor_sweep
-from recommender.neighbors import neighborhood_average, rated_lists, shrunk_similarity
+from recommender.neighbors import (
+    loo_neighborhood_average,
+    neighborhood_average,
+    rated_lists,
+    shrunk_similarity,
+    similarity_stats,
+)
 
 RESIDUALS = np.array([[1.0, -1.0, 0.0, 2.0], [2.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
 RATED = np.array([[1, 1, 0, 1], [1, 0, 1, 1], [0, 1, 1, 0]], dtype=float)
@@ -197,3 +203,44 @@ def test_a_neighbour_sweep_learns_the_blend_weights_of_every_count(synthetic_fol
     for k in (5, 40):
         alone = evaluate_fold(config.model_copy(update={"n_neighbors": k}), fold, rank=False)
         assert swept[k] == pytest.approx(alone.rmse, abs=1e-9)
+
+
+@pytest.mark.parametrize("measure", ["pearson", "cosine"])
+def test_loo_average_is_the_average_without_the_rating(measure: str) -> None:
+    """Leave-one-out neighbourhood averages equal the averages on the data without the pair's
+    rating (same residuals): similarities recomputed, the target not its own neighbour."""
+    rng = np.random.default_rng(3)
+    rated = (rng.random((30, 12)) < 0.6).astype(float)
+    residuals = rng.normal(size=rated.shape) * rated
+    owners_of, entities_of = np.nonzero(rated)  # users x items: item-KNN, owner = user
+    values = residuals[owners_of, entities_of]
+    lists = rated_lists(owners_of, entities_of, values, 30, 12)
+    stats = similarity_stats(residuals.T, rated.T, measure)
+    chosen = np.arange(0, len(values), 7)
+    loo = loo_neighborhood_average(
+        stats, lists, owners_of[chosen], entities_of[chosen], values[chosen], [2, 5], 0.5,
+        shrinkage=3.0, min_support=2,
+    )
+    for at, pair in enumerate(chosen):
+        user, item = owners_of[pair], entities_of[pair]
+        without = rated.copy()
+        without[user, item] = 0.0
+        kept = without[owners_of, entities_of] > 0
+        similarity = shrunk_similarity((residuals * without).T, without.T, measure, 3.0, 2)  # type: ignore[arg-type]
+        reduced = rated_lists(owners_of[kept], entities_of[kept], values[kept], 30, 12)
+        expected = neighborhood_average(similarity, reduced, np.array([user]), np.array([item]), [2, 5], 0.5)
+        for k in (2, 5):
+            assert loo[k][0][at] == pytest.approx(expected[k][0][0], abs=1e-5)
+
+
+def test_single_fit_blend_predicts_like_the_holdout_blend(synthetic_folds: list) -> None:
+    """blend_fit="loo" fits the parts once (the KNN sides and the implicit scorer on all the
+    ratings) and predicts about as well as the held-out blend."""
+    fold = synthetic_folds[0]
+    holdout = evaluate_fold(KMeansKNNConfig(), fold, rank=False).rmse
+    single = KMeansKNN(blend_fit="loo")
+    single.fit(fold.train)
+    assert single.single_fit(fold.train)
+    assert single.parts_.item_side is not None and single.parts_.models.held_factors is not None
+    rmse = evaluate_fold(KMeansKNNConfig(blend_fit="loo"), fold, rank=False).rmse
+    assert np.isfinite(rmse) and rmse < holdout + 0.02
