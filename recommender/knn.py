@@ -648,9 +648,7 @@ class _DenseParts(_Parts):
             dot = (user_factors[users] * item_factors[items]).sum(axis=1)
             for k in counts:
                 columns[k].append(dot)
-        implicit = (
-            None if self.implicit is None else self.implicit.loo_scores(users, items)
-        )
+        implicit = None if self.implicit is None else self.implicit.loo_scores(users, items)
         designs = {
             k: _design(parts, self.user_support[users], self.item_support[items], implicit)
             for k, parts in columns.items()
@@ -875,9 +873,7 @@ class KMeansKNN(RecommenderModel[KMeansKNNConfig]):
     def single_fit(self, train: Ratings) -> bool:
         """Whether the parts are fit once (``blend_fit="loo"``, dense engine, a blend)."""
         config = self.config
-        return (
-            config.blend_fit == "loo" and config.n_parts > 1 and not config.sparse_for(train)
-        )
+        return config.blend_fit == "loo" and config.n_parts > 1 and not config.sparse_for(train)
 
     def _parts_class(self, train: Ratings) -> type[_Parts]:
         return _SparseParts if self.config.sparse_for(train) else _DenseParts
@@ -908,6 +904,7 @@ class KMeansKNN(RecommenderModel[KMeansKNNConfig]):
         fitted_on = np.flatnonzero(held)
         if len(fitted_on) > BLEND_PAIRS:
             fitted_on = np.sort(rng.choice(fitted_on, BLEND_PAIRS, replace=False))
+        inner: _Parts
         if self.single_fit(train):
             # the parts on all the ratings; the weights on leave-one-out predictions
             inner = _DenseParts(train, config, held=held)

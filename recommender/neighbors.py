@@ -263,7 +263,6 @@ def loo_neighborhood_average(
     of the owner's bias without the rating). ``pair_weight[a, b]`` scales similarities (the
     cluster weighting), when given."""
     counts = sorted({int(k) for k in neighbor_counts})
-    largest = counts[-1]
     n = lists.n_entities
     # every sum read at (target, neighbour) from one flat index; the padding (entity n)
     # reads column 0 and is dropped below

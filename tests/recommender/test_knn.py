@@ -218,8 +218,15 @@ def test_loo_average_is_the_average_without_the_rating(measure: str) -> None:
     stats = similarity_stats(residuals.T, rated.T, measure)
     chosen = np.arange(0, len(values), 7)
     loo = loo_neighborhood_average(
-        stats, lists, owners_of[chosen], entities_of[chosen], values[chosen], [2, 5], 0.5,
-        shrinkage=3.0, min_support=2,
+        stats,
+        lists,
+        owners_of[chosen],
+        entities_of[chosen],
+        values[chosen],
+        [2, 5],
+        0.5,
+        shrinkage=3.0,
+        min_support=2,
     )
     for at, pair in enumerate(chosen):
         user, item = owners_of[pair], entities_of[pair]
@@ -228,7 +235,9 @@ def test_loo_average_is_the_average_without_the_rating(measure: str) -> None:
         kept = without[owners_of, entities_of] > 0
         similarity = shrunk_similarity((residuals * without).T, without.T, measure, 3.0, 2)  # type: ignore[arg-type]
         reduced = rated_lists(owners_of[kept], entities_of[kept], values[kept], 30, 12)
-        expected = neighborhood_average(similarity, reduced, np.array([user]), np.array([item]), [2, 5], 0.5)
+        expected = neighborhood_average(
+            similarity, reduced, np.array([user]), np.array([item]), [2, 5], 0.5
+        )
         for k in (2, 5):
             assert loo[k][0][at] == pytest.approx(expected[k][0][0], abs=1e-5)
 
