@@ -114,6 +114,9 @@ class KMeansKNNConfig(ModelConfig):
     kept_neighbors: int = Field(
         default=200, ge=1, description="sparse engine: neighbours kept per user or item"
     )
+    # Holdout stays the default: on validation splits carved from u1..u5's training folds (80/20,
+    # never the test folds) loo's mean RMSE is 0.91045 against 0.91030, at about 0.6 of the fit
+    # time. Its effect on the fold-in (cold start) is not measured yet.
     blend_fit: Literal["holdout", "loo"] = Field(
         default="holdout",
         description="holdout: blend weights fit on a held-out share by parts fit without it "
