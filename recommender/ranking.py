@@ -46,6 +46,10 @@ class ImplicitKNNConfig(ModelConfig):
 _SCORING = ("n_neighbors",)
 
 
+ALL_USERS_SHARE = 4
+"""Requests for at least 1/ALL_USERS_SHARE of the training users read every user's scores."""
+
+
 @dataclass(frozen=True)
 class _Scores:
     """Every training user's scores at the configured ``n_neighbors`` (shared like the fit):
@@ -236,7 +240,10 @@ class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
 
     def _score_users(self, users: np.ndarray, n_neighbors: int | None = None) -> np.ndarray:
         k = n_neighbors or self.config.n_neighbors
-        if k == self.config.n_neighbors:  # every user's, computed once
+        # A request for a large share of the users (the blend, an evaluation's batches) reads
+        # every user's scores, computed once; a few users (a served request) score alone, so a
+        # served model neither computes nor holds every user's scores for one answer.
+        if k == self.config.n_neighbors and ALL_USERS_SHARE * len(users) >= len(self.rated_):
             return self._all_scores().blended[users]
         neighbors = top_k_rows(self.similarity_[users], k)
         user_scores = _scaled(neighbors @ self.rated_)
