@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -99,6 +99,11 @@ class RatedLists:
     starts: np.ndarray
     counts: np.ndarray
     n_entities: int
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The lists without their padded layout (made again on first use): a pickled model
+        (a served one) would otherwise carry it, 16 MB of ml-100k's 62."""
+        return {name: value for name, value in self.__dict__.items() if name != "_layout"}
 
     def padded(self, owners: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
         """``(positions, values)`` of the owners' lists, ``len(owners) x width``."""

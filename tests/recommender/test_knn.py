@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -51,6 +52,18 @@ def test_cosine_similarity_by_hand() -> None:
     similarity = shrunk_similarity(RESIDUALS, RATED, "cosine", shrinkage=1.0)
     # Whole rows: 4 / (sqrt(6) * sqrt(6)), shrunk by 1/2.
     assert similarity[0, 1] == pytest.approx(4 / 6 / 2)
+
+
+def test_rated_lists_pickle_without_their_padded_layout() -> None:
+    lists = rated_lists(np.array([0, 0, 1]), np.array([0, 2, 1]), np.array([1.0, 2.0, 3.0]), 2, 3)
+    padded = lists.padded(np.array([1, 0]), 2)  # makes the layout
+    assert "_layout" in lists.__dict__
+
+    again = pickle.loads(pickle.dumps(lists))
+
+    assert "_layout" not in again.__dict__
+    for made, remade in zip(padded, again.padded(np.array([1, 0]), 2), strict=True):
+        np.testing.assert_array_equal(made, remade)
 
 
 def test_neighborhood_average_by_hand() -> None:
