@@ -223,16 +223,19 @@ class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
     def _all_scores(self) -> _Scores:
         """The scores of every training user, computed once per fitted data and config."""
         key = ("implicit_knn.scores", self.ratings_.fingerprint, config_key(self.config))
-        return shared_component(key, self._compute_all_scores)
+        return shared_component(
+            key, lambda: self._scores(self.similarity_, self.rated_, self.config.n_neighbors)
+        )
 
-    def _compute_all_scores(self) -> _Scores:
-        neighbors = top_k_rows(self.similarity_, self.config.n_neighbors)
-        user_raw = neighbors @ self.rated_
+    def _scores(self, similarity: np.ndarray, rated: np.ndarray, k: int) -> _Scores:
+        """The scores at ``k`` neighbours of the users whose similarity rows and rated rows
+        these are: each part scaled by its row maximum, then blended."""
+        user_raw = top_k_rows(similarity, k) @ self.rated_
         user_max = np.maximum(np.abs(user_raw).max(axis=1), 1e-12)
         user_scores = user_raw / user_max[:, None]
         if self.item_weights_ is None:
             return _Scores(user_scores, user_max, None, None)
-        item_raw = self.rated_ @ self.item_weights_
+        item_raw = rated @ self.item_weights_
         item_max = np.maximum(np.abs(item_raw).max(axis=1), 1e-12)
         share = self.config.item_weight
         blended = (1.0 - share) * user_scores + share * (item_raw / item_max[:, None])
@@ -245,13 +248,7 @@ class ImplicitKNN(RecommenderModel[ImplicitKNNConfig]):
         # served model neither computes nor holds every user's scores for one answer.
         if k == self.config.n_neighbors and ALL_USERS_SHARE * len(users) >= len(self.rated_):
             return self._all_scores().blended[users]
-        neighbors = top_k_rows(self.similarity_[users], k)
-        user_scores = _scaled(neighbors @ self.rated_)
-        if self.item_weights_ is None:
-            return user_scores
-        item_scores = _scaled(self.rated_[users] @ self.item_weights_)
-        share = self.config.item_weight
-        return (1.0 - share) * user_scores + share * item_scores
+        return self._scores(self.similarity_[users], self.rated_[users], k).blended
 
     def score_new_user(self, items: np.ndarray) -> np.ndarray:
         """:meth:`_score_users` for a user not in the training data who rated ``items``
