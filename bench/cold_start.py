@@ -103,8 +103,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="name=value of the config")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    overrides = {name: float(value) if "." in value else int(value)
-                 for name, value in (item.split("=", 1) for item in args.set)}  # fmt: skip
+    # the config validates (and converts) the values: "16", "0.3", "loo"
+    overrides = dict(item.split("=", 1) for item in args.set)
     folds = load_official_folds(args.data, names=args.folds.split(","))
     if args.validation:
         folds = validation_folds(folds)

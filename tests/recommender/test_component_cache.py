@@ -47,9 +47,13 @@ def test_fingerprint_is_by_content() -> None:
     assert first.subset(np.arange(len(first)) % 2 == 0).fingerprint != first.fingerprint
 
 
-def test_cluster_sweep_shares_components_and_keeps_results() -> None:
+@pytest.mark.parametrize(("blend_fit", "hits"), [("holdout", 9), ("loo", 8)])
+def test_cluster_sweep_shares_components_and_keeps_results(blend_fit: str, hits: int) -> None:
     ratings = _ratings()
-    params = [{"n_clusters": 1}, {"n_clusters": 3, "n_neighbors": 10}]
+    params = [
+        {"n_clusters": 1, "blend_fit": blend_fit},
+        {"n_clusters": 3, "n_neighbors": 10, "blend_fit": blend_fit},
+    ]
     cold = []
     for config in params:
         clear_component_cache()
@@ -59,14 +63,16 @@ def test_cluster_sweep_shares_components_and_keeps_results() -> None:
     misses = component_cache_info().misses
     second = KMeansKNN(**params[1]).fit(_ratings())
     info = component_cache_info()
-    # the second fit misses nothing: its residual models and the blend's implicit scorer
-    # (each on the validation split and on all the ratings) and its ranker hit; the first
-    # fit's ranker hit its own refit's scorer (the same fit); the validation split's
+    # the second fit misses nothing. holdout: its residual models and the blend's implicit
+    # scorer (each on the validation split and on all the ratings) and its ranker hit; the
+    # first fit's ranker hit its own refit's scorer (the same fit); the validation split's
     # implicit scores (every user's, computed once) hit too, and the users' co-ratings (of
     # the validation split and of all the ratings) that the residual models share with the
-    # implicit scorer
+    # implicit scorer. loo (one fit of the parts): the residual models, the implicit scorer
+    # and its scores, and the co-ratings the leave-one-out inputs read hit in the second
+    # fit; the first fit's scorer and ranker share one fit and its co-ratings (3 hits)
     assert info.misses == misses
-    assert info.hits == 9
+    assert info.hits == hits
     assert second.parts_.implicit is not None and first.parts_.implicit is not None
     assert second.parts_.implicit.item_weights_ is first.ranker_.item_weights_
     assert second.parts_.factors is first.parts_.factors

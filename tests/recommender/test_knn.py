@@ -259,7 +259,7 @@ def test_single_fit_blend_predicts_like_the_holdout_blend(synthetic_folds: list)
     """blend_fit="loo" fits the parts once (the KNN sides and the implicit scorer on all the
     ratings) and predicts about as well as the held-out blend."""
     fold = synthetic_folds[0]
-    holdout = evaluate_fold(KMeansKNNConfig(), fold, rank=False).rmse
+    holdout = evaluate_fold(KMeansKNNConfig(blend_fit="holdout"), fold, rank=False).rmse
     single = KMeansKNN(blend_fit="loo")
     single.fit(fold.train)
     assert single.single_fit(fold.train)

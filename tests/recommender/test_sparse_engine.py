@@ -94,10 +94,11 @@ def test_rated_lists_look_up_pairs() -> None:
     ],
 )
 def test_sparse_engine_predicts_as_the_dense_one(params: dict[str, object]) -> None:
-    """Equal settings, equal predictions. The implicit-score blend is the dense engine's only
-    (its users x items scorer is what the sparse engine avoids): both go without it."""
+    """Equal settings, equal predictions. The implicit-score blend and the single fit
+    (``blend_fit="loo"``) are the dense engine's only (the sparse engine avoids their users x
+    items arrays): both go without them."""
     train = _random_ratings()
-    params = {**params, "implicit_blend": False}
+    params = {**params, "implicit_blend": False, "blend_fit": "holdout"}
     dense = KMeansKNN(engine="dense", **params).fit(train)  # type: ignore[arg-type]
     sparse = KMeansKNN(engine="sparse", kept_neighbors=1000, **params).fit(train)  # type: ignore[arg-type]
     rng = np.random.default_rng(5)
