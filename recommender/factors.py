@@ -66,7 +66,7 @@ def _solve_side(
     # Products in float32 (half the memory traffic), the solve in float64.
     padded = np.vstack([fixed, np.zeros((1, n_factors))]).astype(np.float32)
     solved = np.zeros((n_owners, n_factors))
-    identity = np.eye(n_factors)
+    diagonal = np.arange(n_factors)
 
     def solve(chunk: np.ndarray) -> None:
         width = max(int(lists.counts[chunk].max()), 1)
@@ -74,7 +74,7 @@ def _solve_side(
         factors = padded[positions]
         gram = np.matmul(factors.transpose(0, 2, 1), factors).astype(np.float64)
         penalty = regularization * lists.counts[chunk] + 1e-6
-        gram += penalty[:, None, None] * identity
+        gram[:, diagonal, diagonal] += penalty[:, None]
         target = np.matmul(factors.transpose(0, 2, 1), values[:, :, None]).astype(np.float64)
         if start is None:
             solved[chunk] = np.linalg.solve(gram, target)[:, :, 0]
