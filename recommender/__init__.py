@@ -61,6 +61,10 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), "ModelNotFittedError"})
+
+
 __all__ = [
     "GENRES", "MODELS", "PAPER_RMSE", "BiasBaseline", "BiasConfig", "Biases",
     "CrossValidationResult", "Fold", "FoldResult", "ForestConfig", "GlobalMean",

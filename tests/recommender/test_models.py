@@ -80,3 +80,10 @@ def _items(train: object) -> dict[str, np.ndarray]:
     columns = {"item_id": train.item_ids}  # type: ignore[attr-defined]
     columns.update({name: genres[:, g] for g, name in enumerate(names)})
     return columns
+
+
+def test_the_lazy_error_class_is_listed_like_the_rest() -> None:
+    import recommender
+
+    assert "ModelNotFittedError" in dir(recommender)
+    assert set(recommender.__all__) <= set(dir(recommender))
