@@ -48,6 +48,7 @@ from tasks.train.units import (
     MODEL_NAMES,
     PAPER_REPORTED,
     display_name,
+    model_metrics,
 )
 from tasks.warehouse.connection import database_url
 from tasks.warehouse.loads import current_load
@@ -214,20 +215,6 @@ def champion_summary(client: MlflowClient, dataset: str) -> ChampionSummary | No
         metrics={k: float(v) for k, v in run.data.metrics.items()},
         dataset_version=version.tags.get("dataset_version"),
     )
-
-
-def model_metrics(sweep: pl.DataFrame, metric: str) -> dict[str, dict[str, float | None]]:
-    """Per model kind, the metrics of its best configuration by ``metric`` (by NDCG@10 for
-    a ranking-only model such as popularity, which predicts no ratings)."""
-    models: dict[str, dict[str, float | None]] = {}
-    for (kind,), rows in sweep.group_by("kind", maintain_order=True):
-        by = metric if rows[metric].is_not_null().any() else "ndcg_at_10"
-        ranked = rows.filter(pl.col(by).is_not_null())
-        if ranked.is_empty():
-            continue
-        best = ranked.sort(by, descending=by not in LOWER_IS_BETTER).row(0, named=True)
-        models[str(kind)] = {m: best.get(m) for m in METRICS}
-    return models
 
 
 def dataset_frames(url: str, dataset: str) -> dict[str, pl.DataFrame]:

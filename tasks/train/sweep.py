@@ -36,7 +36,6 @@ from tasks.train.tracking import (
 from tasks.train.units import (
     COLD_START_METRICS,
     LOWER_IS_BETTER,
-    METRICS,
     MODEL_NAMES,
     PAPER_REPORTED,
     SweepDiagnostics,
@@ -45,6 +44,7 @@ from tasks.train.units import (
     cold_start_table,
     display_name,
     fit_on_all,
+    model_metrics,
     sweep_table,
     top_n_for_every_user,
 )
@@ -267,13 +267,10 @@ def cluster_tradeoff(table: pl.DataFrame) -> pl.DataFrame:
 def best_per_model(table: pl.DataFrame, metric: str = "rmse") -> pl.DataFrame:
     """Per model (display name), its configuration with the best ``metric`` (the best NDCG@10
     for a ranking-only model), and the paper's reported RMSE."""
-    rows = []
-    for (kind,), group in table.group_by("kind", maintain_order=True):
-        by = metric if group[metric].is_not_null().any() else "ndcg_at_10"
-        best = group.sort(by, descending=by not in LOWER_IS_BETTER, nulls_last=True).row(
-            0, named=True
-        )
-        rows.append({"model": display_name(str(kind)), **{m: best.get(m) for m in METRICS}})
+    rows = [
+        {"model": display_name(kind), **metrics}
+        for kind, metrics in model_metrics(table, metric).items()
+    ]
     rows.append({"model": PAPER_REPORTED, "rmse": PAPER_RMSE})
     return pl.DataFrame(rows, infer_schema_length=None)
 

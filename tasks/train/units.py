@@ -240,6 +240,20 @@ def best_configuration(records: list[dict[str, Any]], metric: str) -> dict[str, 
     return {"params": params, "metrics": {m: best[m] for m in METRICS if best[m] is not None}}
 
 
+def model_metrics(table: pl.DataFrame, metric: str) -> dict[str, dict[str, float | None]]:
+    """Per model kind, the metrics of its best configuration by ``metric`` (by NDCG@10 for
+    a ranking-only model such as popularity, which predicts no ratings)."""
+    models: dict[str, dict[str, float | None]] = {}
+    for (kind,), rows in table.group_by("kind", maintain_order=True):
+        by = metric if rows[metric].is_not_null().any() else "ndcg_at_10"
+        ranked = rows.filter(pl.col(by).is_not_null())
+        if ranked.is_empty():
+            continue
+        best = ranked.sort(by, descending=by not in LOWER_IS_BETTER).row(0, named=True)
+        models[str(kind)] = {m: best.get(m) for m in METRICS}
+    return models
+
+
 def fit_on_all(training: TrainingSet, config: ModelConfig) -> RecommenderModel[Any]:
     """The configuration refitted on every rating of the dataset version."""
     ratings, items, users = training_frames(training.lake_url, training.dataset, training.version)
