@@ -263,6 +263,11 @@ def test_single_fit_blend_predicts_like_the_holdout_blend(synthetic_folds: list)
     single = KMeansKNN(blend_fit="loo")
     single.fit(fold.train)
     assert single.single_fit(fold.train)
-    assert single.parts_.item_side is not None and single.parts_.models.held_factors is not None
+    assert single.parts_.item_side is not None and single.parts_.factors is not None
+    # what only the leave-one-out inputs read is not kept: a pickled model is as small as
+    # the held-out blend's
+    assert single.parts_.models.item_stats is None and single.parts_.models.held_factors is None
+    holdout_model = KMeansKNN(blend_fit="holdout").fit(fold.train)
+    assert len(pickle.dumps(single)) < 1.1 * len(pickle.dumps(holdout_model))
     rmse = evaluate_fold(KMeansKNNConfig(blend_fit="loo"), fold, rank=False).rmse
     assert np.isfinite(rmse) and rmse < holdout + 0.02
