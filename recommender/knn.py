@@ -50,6 +50,9 @@ SWEEP_NEIGHBORS: tuple[int, ...] = (10, 20, 40, 80)
 """Neighbour counts whose blend weights every fit learns, so a sweep needs one fit."""
 DENSE_CELLS = 50_000_000
 """Above this many users x items cells, ``engine="auto"`` takes the sparse engine."""
+LOO_CELLS = 5_000_000
+"""``blend_fit="auto"`` fits the blend on leave-one-out inputs up to this many users x items
+cells (ml-100k has 1.6M, ml-1m 22M): see ``KMeansKNNConfig.blend_fit``."""
 REFIT_FACTOR_ITERATIONS = 3
 """ALS sweeps of the refit on all the training ratings, started from the validation fit's
 factors (which had ``factor_iterations``). Not tuned: a speed setting, checked to lose nothing
@@ -114,16 +117,20 @@ class KMeansKNNConfig(ModelConfig):
     kept_neighbors: int = Field(
         default=200, ge=1, description="sparse engine: neighbours kept per user or item"
     )
-    # loo is the default (the dense engine; the sparse one keeps holdout). Chosen on
-    # validation splits carved from u1..u5's training folds (80/20, never the test folds):
-    # mean RMSE 0.91045 against holdout's 0.91030, at about 0.8 of the fit + predict time; on
-    # those folds' cold start (bench/cold_start.py --validation) the fold-in's RMSE moved by at
-    # most 0.0007 (k=10) and the ranking not at all.
-    blend_fit: Literal["holdout", "loo"] = Field(
-        default="loo",
+    # auto: loo on small dense sets (at most LOO_CELLS users x items), holdout otherwise.
+    # ml-100k, on validation splits carved from u1..u5's training folds (80/20, never the test
+    # folds): loo's mean RMSE 0.91045 against holdout's 0.91030, at about 0.8 of the fit +
+    # predict time; on those folds' cold start (bench/cold_start.py --validation) the
+    # fold-in's RMSE moved by at most 0.0007 (k=10) and the ranking not at all. An ml-1m-shaped
+    # dense set (bench/scale.py's 1M sample, its 3,700 most rated items, 1% held out): loo
+    # 0.7515 against 0.7509 in the same time (its leave-one-out inputs of 91k pairs cost what
+    # the second fit saves), so holdout there.
+    blend_fit: Literal["auto", "holdout", "loo"] = Field(
+        default="auto",
         description="holdout: blend weights fit on a held-out share by parts fit without it "
         "(then refit, see refit); loo: the parts fit once on all the ratings, the weights on "
-        "leave-one-out predictions of a share of them (dense engine; no second fit)",
+        "leave-one-out predictions of a share of them (dense engine; no second fit); auto: "
+        "loo up to LOO_CELLS users x items, holdout above",
     )
     refit: bool = Field(
         default=True,
@@ -175,6 +182,12 @@ class KMeansKNNConfig(ModelConfig):
         if self.engine == "auto":
             return train.n_users * train.n_items > DENSE_CELLS
         return self.engine == "sparse"
+
+    def loo_for(self, train: Ratings) -> bool:
+        """Whether a fit on ``train`` fits its blend on leave-one-out inputs (``blend_fit``)."""
+        if self.blend_fit == "auto":
+            return train.n_users * train.n_items <= LOO_CELLS
+        return self.blend_fit == "loo"
 
     @property
     def n_parts(self) -> int:
@@ -888,9 +901,9 @@ class KMeansKNN(RecommenderModel[KMeansKNNConfig]):
         self.__dict__.update(state)
 
     def single_fit(self, train: Ratings) -> bool:
-        """Whether the parts are fit once (``blend_fit="loo"``, dense engine, a blend)."""
+        """Whether the parts are fit once (``blend_fit`` loo, dense engine, a blend)."""
         config = self.config
-        return config.blend_fit == "loo" and config.n_parts > 1 and not config.sparse_for(train)
+        return config.loo_for(train) and config.n_parts > 1 and not config.sparse_for(train)
 
     def _parts_class(self, train: Ratings) -> type[_Parts]:
         return _SparseParts if self.config.sparse_for(train) else _DenseParts

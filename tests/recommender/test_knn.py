@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+import recommender.knn as knn_module
 from recommender import (
     KMeansKNN,
     KMeansKNNConfig,
@@ -271,3 +272,15 @@ def test_single_fit_blend_predicts_like_the_holdout_blend(synthetic_folds: list)
     assert len(pickle.dumps(single)) < 1.1 * len(pickle.dumps(holdout_model))
     rmse = evaluate_fold(KMeansKNNConfig(blend_fit="loo"), fold, rank=False).rmse
     assert np.isfinite(rmse) and rmse < holdout + 0.02
+
+
+def test_auto_blend_fit_is_a_single_fit_on_small_sets_only(
+    synthetic_folds: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train = synthetic_folds[0].train
+    model = KMeansKNN()
+    assert model.config.blend_fit == "auto" and model.single_fit(train)
+    monkeypatch.setattr(knn_module, "LOO_CELLS", train.n_users * train.n_items - 1)
+    assert not model.single_fit(train)
+    assert KMeansKNN(blend_fit="loo").single_fit(train)
+    assert not KMeansKNN(blend_fit="loo", engine="sparse").single_fit(train)
