@@ -53,6 +53,14 @@ DENSE_CELLS = 50_000_000
 LOO_CELLS = 5_000_000
 """``blend_fit="auto"`` fits the blend on leave-one-out inputs up to this many users x items
 cells (ml-100k has 1.6M, ml-1m 22M): see ``KMeansKNNConfig.blend_fit``."""
+FOLD_IN_FACTOR_RATINGS = 20
+"""A folded-in user's factors are regularised as if they had at least this many ratings
+(weighted-lambda scales the penalty with the count, which leaves a user with one rating all
+but unregularised). Chosen with the cold start on validation folds carved from u1..u5's
+training data (bench/cold_start.py --validation), fold-in RMSE at k = 1 / 3 / 5 / 10: none
+1.0339 / 1.0293 / 1.0274 / 1.0134; 10: 1.0321 / 1.0281 / 1.0268 / 1.0133; 20: 1.0318 /
+1.0279 / 1.0265 / 1.0130. With regularisation 0.2, 5 / 10 / 20 / 40 / 80 gave 1.0325 /
+1.0315 / 1.0311 / 1.0310 / 1.0309 at k = 1: flat from 20."""
 REFIT_FACTOR_ITERATIONS = 3
 """ALS sweeps of the refit on all the training ratings, started from the validation fit's
 factors (which had ``factor_iterations``). Not tuned: a speed setting, checked to lose nothing
@@ -96,8 +104,10 @@ class KMeansKNNConfig(ModelConfig):
     cluster_biases: bool = Field(default=False, description="add damped cluster x item biases")
     cluster_bias_damping: float = Field(default=25.0, ge=0)
     # Regularisation 0.15 won on validation splits of the training folds (never the test
-    # folds). 30 factors: 0.9044 there against 0.9042 with 50 (100 tied 50), at 57% of the
-    # fit time, which a sweep of 30 fits per dataset feels.
+    # folds). With the single-fit blend those splits (80% of a training fold) preferred 0.2
+    # (mean RMSE 0.90889 against 0.91045), but at scale 0.2 lost 0.04 (bench/scale.py's 1M,
+    # sparse engine, its own 1% hold-out: 0.8068 against 0.7659), so 0.15 stays. 30 factors: 0.9044 there against 0.9042 with
+    # 50 (100 tied 50), at 57% of the fit time, which a sweep of 30 fits per dataset feels.
     n_factors: int = Field(
         default=30, ge=0, description="latent factors on the residuals; 0 = none"
     )
@@ -437,11 +447,13 @@ class _Parts(ABC):
         self, rated: np.ndarray, residuals: np.ndarray, targets: np.ndarray
     ) -> np.ndarray:
         """The factor part of a new user: their factor vector solved as ALS solves a
-        training user's (weighted-lambda ridge), dotted with the targets' factors."""
+        training user's (weighted-lambda ridge, the penalty of at least
+        :data:`FOLD_IN_FACTOR_RATINGS` ratings), dotted with the targets' factors."""
         assert self.factors is not None
         item_factors = self.factors[1]
         chosen = item_factors[rated]
-        penalty = self.config.factor_regularization * len(rated) + 1e-6
+        weight = max(len(rated), FOLD_IN_FACTOR_RATINGS)
+        penalty = self.config.factor_regularization * weight + 1e-6
         gram = chosen.T @ chosen + penalty * np.eye(item_factors.shape[1])
         user_factor = np.linalg.solve(gram, chosen.T @ residuals)
         return np.asarray(item_factors[targets] @ user_factor)

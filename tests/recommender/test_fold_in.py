@@ -235,3 +235,26 @@ def test_a_pickled_model_carries_its_cluster_prior(synthetic_folds: list[Fold]) 
 
     assert served._cluster_prior is not None
     assert served.recommend_for({}, n=3) == model.recommend_for({}, n=3)
+
+
+def test_few_ratings_solve_the_factors_with_the_penalty_of_twenty(
+    synthetic_folds: list[Fold],
+) -> None:
+    """One rating leaves weighted-lambda all but unregularised: the fold-in's ridge takes
+    the penalty of FOLD_IN_FACTOR_RATINGS ratings until the user has more."""
+    from recommender.knn import FOLD_IN_FACTOR_RATINGS
+
+    model = KMeansKNN().fit(synthetic_folds[0].train)
+    parts = model.parts_
+    assert parts.factors is not None
+    item_factors = parts.factors[1]
+    targets = np.arange(10)
+    for count in (1, 3, FOLD_IN_FACTOR_RATINGS + 5):
+        rated = np.arange(20, 20 + count)
+        residuals = np.linspace(-1.0, 1.0, count)
+        chosen = item_factors[rated]
+        penalty = model.config.factor_regularization * max(count, FOLD_IN_FACTOR_RATINGS)
+        gram = chosen.T @ chosen + penalty * np.eye(chosen.shape[1])
+        expected = item_factors[targets] @ np.linalg.solve(gram, chosen.T @ residuals)
+        found = parts.item_factors_of(rated, residuals, targets)
+        np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-8)
