@@ -106,8 +106,9 @@ class KMeansKNNConfig(ModelConfig):
     # Regularisation 0.15 won on validation splits of the training folds (never the test
     # folds). With the single-fit blend those splits (80% of a training fold) preferred 0.2
     # (mean RMSE 0.90889 against 0.91045), but at scale 0.2 lost 0.04 (bench/scale.py's 1M,
-    # sparse engine, its own 1% hold-out: 0.8068 against 0.7659), so 0.15 stays. 30 factors: 0.9044 there against 0.9042 with
-    # 50 (100 tied 50), at 57% of the fit time, which a sweep of 30 fits per dataset feels.
+    # sparse engine, its own 1% hold-out: 0.8068 against 0.7659), so 0.15 stays. 30 factors:
+    # 0.9044 on those splits against 0.9042 with 50 (100 tied 50), at 57% of the fit time,
+    # which a sweep of 30 fits per dataset feels.
     n_factors: int = Field(
         default=30, ge=0, description="latent factors on the residuals; 0 = none"
     )
@@ -834,8 +835,9 @@ class KMeansKNN(RecommenderModel[KMeansKNNConfig]):
     """K-Means + KNN recommender; ``KMeansKNN()`` is the best configuration found.
 
     ``predict``: baseline + a blend of residual KNN predictions, the factors' and the
-    implicit-feedback score (weights fit on leave-one-out predictions of a share of the
-    training ratings, ``blend_fit="loo"``; or by parts fit without that share, "holdout");
+    implicit-feedback score (weights fit on a share of the training ratings: on their
+    leave-one-out predictions on small dense sets, else on the predictions of parts fit
+    without them; ``blend_fit``);
     ``recommend``: the implicit-feedback scorer ``ranker_``.
     The parts that do not depend on the clusters or ``n_neighbors`` (raw similarities, rated
     lists, latent factors, the ranker) are shared, read-only, between fits on equal data
