@@ -37,7 +37,6 @@ from recommender.neighbors import (
     loo_neighborhood_average,
     neighborhood_average,
     rated_lists,
-    shrunk_similarity,
     similarity_stats,
 )
 from recommender.ranking import ImplicitKNN, ImplicitKNNConfig, ItemKNNScorer, user_co_ratings
@@ -260,7 +259,7 @@ class _ResidualModels:
             co_rated = user_co_ratings(train, rated)
             user_stats = similarity_stats(dense, rated, config.similarity, co_rated)
             user_similarity = user_stats.shrunk(config.shrinkage, config.min_support)
-        factors = _refit_factors(train, config, residuals, start)
+        factors = _factors(train, config, residuals, start)
         if not keep_stats:
             item_stats = user_stats = None
         return cls(item_similarity, user_similarity, item_lists, user_lists, factors,
@@ -268,31 +267,19 @@ class _ResidualModels:
 
 
 def _factors(
-    train: Ratings, config: KMeansKNNConfig, residuals: np.ndarray
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Latent factors of the residuals (None when ``n_factors`` is 0)."""
+    train: Ratings, config: KMeansKNNConfig, residuals: np.ndarray,
+    inner: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
+    """Latent factors of the residuals (None when ``n_factors`` is 0): fit from random, or
+    refined from the validation fit's ``inner`` by :data:`REFIT_FACTOR_ITERATIONS` ALS sweeps
+    (both engines, so they stay equal)."""
     if config.n_factors <= 0:
         return None
+    iterations = config.factor_iterations if inner is None else REFIT_FACTOR_ITERATIONS
     return fit_factors(
         train.user_index, train.item_index, residuals.astype(np.float64),
         (train.n_users, train.n_items), config.n_factors, config.factor_regularization,
-        config.factor_iterations, config.seed,
-    )  # fmt: skip
-
-
-def _refit_factors(
-    train: Ratings, config: KMeansKNNConfig, residuals: np.ndarray,
-    inner: tuple[np.ndarray, np.ndarray] | None,
-) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
-    """The factors on all the training ratings, refined from the validation fit's ``inner``
-    by :data:`REFIT_FACTOR_ITERATIONS` ALS sweeps (both engines, so they stay equal); fit
-    from random without ``inner``."""
-    if inner is None:
-        return _factors(train, config, residuals)
-    return fit_factors(
-        train.user_index, train.item_index, residuals.astype(np.float64),
-        (train.n_users, train.n_items), config.n_factors, config.factor_regularization,
-        REFIT_FACTOR_ITERATIONS, config.seed, item_factors=inner[1],
+        iterations, config.seed, item_factors=None if inner is None else inner[1],
     )  # fmt: skip
 
 
@@ -302,21 +289,10 @@ def _loo_models(
 ) -> _ResidualModels:  # fmt: skip
     """The residual models of a single fit (``blend_fit="loo"``): similarities with their
     sums; factors fit without the ``held`` ratings, then refined on all of them."""
-    held_factors = None
-    if config.n_factors > 0:
-        kept = ~held
-        users, items = train.user_index[kept], train.item_index[kept]
-        held_factors = fit_factors(
-            users, items, dense[users, items].astype(np.float64),
-            (train.n_users, train.n_items), config.n_factors, config.factor_regularization,
-            config.factor_iterations, config.seed,
-        )  # fmt: skip
+    kept = train.subset(~held)
+    held_factors = _factors(kept, config, dense[kept.user_index, kept.item_index])
     models = _ResidualModels.fit(train, config, dense, rated, start=held_factors, keep_stats=True)
     return replace(models, held_factors=held_factors)
-
-
-def _similarity(rows: np.ndarray, rated: np.ndarray, config: KMeansKNNConfig) -> np.ndarray:
-    return shrunk_similarity(rows, rated, config.similarity, config.shrinkage, config.min_support)
 
 
 class _Parts(ABC):
@@ -546,7 +522,6 @@ class _DenseParts(_Parts):
         give: keep the similarities' sums and fit the factors without them first."""
         super().__init__(train, config, held_out)
         self.held = held
-        self.loo = held is not None
         users, items = train.user_index, train.item_index
         residuals = self.biases.residuals(train).astype(np.float32)
         dense = np.zeros((train.n_users, train.n_items), dtype=np.float32)
@@ -600,7 +575,9 @@ class _DenseParts(_Parts):
         config = self.config
         if config.cluster_biases and (self.user_labels is not None or self.item_labels is not None):
             dense -= self.cluster_bias * rated
-            return _ResidualModels.fit(train, config, dense, rated, keep_stats=self.loo)
+            return _ResidualModels.fit(
+                train, config, dense, rated, keep_stats=self.held is not None
+            )
         if isinstance(inner, _DenseParts):
             fields = (*_RESIDUAL_FIELDS, "validation_fraction")
             key = ("kmeans_knn.residual_models.refit", train.fingerprint,
@@ -794,7 +771,7 @@ class _SparseParts(_Parts):
             key = ("kmeans_knn.factors", inner is not None, train.fingerprint,
                    config_key(config, only=fields))  # fmt: skip
             self.factors = shared_component(
-                key, lambda: _refit_factors(train, config, residuals, inner_factors)
+                key, lambda: _factors(train, config, residuals, inner_factors)
             )
         self._keep_user_columns(train, residuals)
         self.item_side = self.user_side = None
