@@ -575,9 +575,9 @@ class _DenseParts(_Parts):
         config = self.config
         if config.cluster_biases and (self.user_labels is not None or self.item_labels is not None):
             dense -= self.cluster_bias * rated
-            return _ResidualModels.fit(
-                train, config, dense, rated, keep_stats=self.held is not None
-            )
+            if self.held is not None:  # the single fit: its factors without the held share too
+                return _loo_models(train, config, dense, rated, self.held)
+            return _ResidualModels.fit(train, config, dense, rated)
         if isinstance(inner, _DenseParts):
             fields = (*_RESIDUAL_FIELDS, "validation_fraction")
             key = ("kmeans_knn.residual_models.refit", train.fingerprint,

@@ -284,3 +284,17 @@ def test_auto_blend_fit_is_a_single_fit_on_small_sets_only(
     assert not model.single_fit(train)
     assert KMeansKNN(blend_fit="loo").single_fit(train)
     assert not KMeansKNN(blend_fit="loo", engine="sparse").single_fit(train)
+
+
+def test_single_fit_with_cluster_biases_blends_every_part(synthetic_folds: list) -> None:
+    """The cluster-bias path of a single fit fits its held-out factors too: the blend's
+    weights and the predictions' design have the same parts (a crash at predict, before)."""
+    fold = synthetic_folds[0]
+    model = KMeansKNN(blend_fit="loo", cluster_biases=True, n_clusters=3).fit(fold.train)
+    assert model.single_fit(fold.train)
+    predicted = model.predict(fold.test.raw_users(), fold.test.raw_items())
+    assert np.all(np.isfinite(predicted))
+    holdout = evaluate_fold(
+        KMeansKNNConfig(blend_fit="holdout", cluster_biases=True, n_clusters=3), fold, rank=False
+    ).rmse
+    assert float(np.sqrt(np.mean((predicted - fold.test.values) ** 2))) < holdout + 0.02
