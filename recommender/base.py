@@ -21,6 +21,7 @@ from recommender.foldin import (
     known_ratings,
     top_unseen,
 )
+from recommender.temporal import as_seconds
 
 MIN_RATING = 1.0
 MAX_RATING = 5.0
@@ -132,13 +133,17 @@ class RecommenderModel(ABC, Generic[ConfigT]):
     # -- rating prediction ---------------------------------------------------------------
 
     def predict(
-        self, user_ids: Any, item_ids: Any, *, n_neighbors: int | None = None
-    ) -> np.ndarray:
+        self, user_ids: Any, item_ids: Any, *, n_neighbors: int | None = None,
+        times: Any | None = None,
+    ) -> np.ndarray:  # fmt: skip
         """Predicted ratings for parallel arrays of raw ids, clipped to the rating scale (1..5,
         or 0.5..5 for half-star sets); unknown users or items get the bias baseline, never
         NaN. ``n_neighbors`` overrides the configured neighbour count after fitting
-        (neighbourhood models reuse their similarities)."""
-        return self.predict_positions(*self._positions(user_ids, item_ids), n_neighbors)
+        (neighbourhood models reuse their similarities). ``times``: when each rating is made
+        (Unix seconds or datetimes), for models with a time offset (``KMeansKNN``: how the
+        user rated near then); None predicts without it."""
+        users, items = self._positions(user_ids, item_ids)
+        return self.predict_positions(users, items, n_neighbors, self._times(times, users))
 
     def _positions(self, user_ids: Any, item_ids: Any) -> tuple[np.ndarray, np.ndarray]:
         """Row and column positions of raw ids in ``ratings_`` (-1 = unknown)."""
@@ -149,29 +154,45 @@ class RecommenderModel(ABC, Generic[ConfigT]):
             raise ValueError("user_ids and item_ids must have the same length")
         return users, items
 
+    @staticmethod
+    def _times(times: Any | None, users: np.ndarray) -> np.ndarray | None:
+        if times is None:
+            return None
+        seconds = as_seconds(times)
+        if seconds.shape != users.shape:
+            raise ValueError("times must have one entry per (user_id, item_id) pair")
+        return seconds
+
     def predict_for_neighbors(
-        self, user_ids: Any, item_ids: Any, n_neighbors: Sequence[int]
-    ) -> dict[int, np.ndarray]:
-        """``{k: predict(user_ids, item_ids, n_neighbors=k)}``; neighbourhood models compute all
-        counts from one similarity matrix and one partial sort."""
+        self, user_ids: Any, item_ids: Any, n_neighbors: Sequence[int], *,
+        times: Any | None = None,
+    ) -> dict[int, np.ndarray]:  # fmt: skip
+        """``{k: predict(user_ids, item_ids, n_neighbors=k, times=times)}``; neighbourhood
+        models compute all counts from one similarity matrix and one partial sort."""
+        users, items = self._positions(user_ids, item_ids)
         return self.predict_positions_for_neighbors(
-            *self._positions(user_ids, item_ids), n_neighbors
+            users, items, n_neighbors, self._times(times, users)
         )
 
     def predict_positions(
-        self, users: np.ndarray, items: np.ndarray, n_neighbors: int | None = None
-    ) -> np.ndarray:
+        self, users: np.ndarray, items: np.ndarray, n_neighbors: int | None = None,
+        times: np.ndarray | None = None,
+    ) -> np.ndarray:  # fmt: skip
         """:meth:`predict` on row/column positions of ``ratings_`` (-1 = unknown)."""
         fallback = self.baseline_.predict(users, items)
         known = (users >= 0) & (items >= 0)
         predictions = fallback.copy()
         if known.any():
             predictions[known] = self._predict_index(users[known], items[known], n_neighbors)
+            if times is not None:
+                offsets = self._time_offsets(users[known], times[known], [n_neighbors])
+                predictions[known] += offsets[n_neighbors]
         return self._finish(predictions, fallback)
 
     def predict_positions_for_neighbors(
-        self, users: np.ndarray, items: np.ndarray, n_neighbors: Sequence[int]
-    ) -> dict[int, np.ndarray]:
+        self, users: np.ndarray, items: np.ndarray, n_neighbors: Sequence[int],
+        times: np.ndarray | None = None,
+    ) -> dict[int, np.ndarray]:  # fmt: skip
         """:meth:`predict_positions` at every count of ``n_neighbors``."""
         fallback = self.baseline_.predict(users, items)
         known = (users >= 0) & (items >= 0)
@@ -181,13 +202,25 @@ class RecommenderModel(ABC, Generic[ConfigT]):
             if known.any()
             else {}
         )
+        offsets = (
+            self._time_offsets(users[known], times[known], counts)
+            if times is not None and known.any()
+            else dict.fromkeys(counts, 0.0)
+        )
         results = {}
         for k in counts:
             predictions = fallback.copy()
             if known.any():
-                predictions[known] = index[k]
+                predictions[known] = index[k] + offsets[k]
             results[k] = self._finish(predictions, fallback)
         return results
+
+    def _time_offsets(
+        self, users: np.ndarray, times: np.ndarray, counts: Sequence[int | None]
+    ) -> dict[int | None, np.ndarray | float]:
+        """``{k: what each rating's time adds to the prediction at neighbour count k}`` for
+        known user positions (nothing here; ``KMeansKNN`` has a session offset)."""
+        return dict.fromkeys(counts, 0.0)
 
     def _predict_index_for_neighbors(
         self, users: np.ndarray, items: np.ndarray, counts: Sequence[int]

@@ -152,7 +152,12 @@ def evaluate_fitted(
     metrics (NaN), e.g. for models that rank by predicted rating over every item (slow)."""
     started = time.perf_counter()
     predicted = (
-        model.predict(fold.test.raw_users(), fold.test.raw_items(), n_neighbors=n_neighbors)
+        model.predict(
+            fold.test.raw_users(),
+            fold.test.raw_items(),
+            n_neighbors=n_neighbors,
+            times=fold.test.timestamps,
+        )  # fmt: skip
         if model.predicts_ratings
         else None
     )
@@ -219,7 +224,9 @@ def evaluate_neighbor_sweep(
     )  # fmt: skip
     started = time.perf_counter()
     predicted = (
-        model.predict_for_neighbors(fold.test.raw_users(), fold.test.raw_items(), counts)
+        model.predict_for_neighbors(
+            fold.test.raw_users(), fold.test.raw_items(), counts, times=fold.test.timestamps
+        )
         if model.predicts_ratings
         else dict.fromkeys(counts)
     )
