@@ -80,23 +80,22 @@ class Sessions:
         window = SESSION_WINDOW
         if positions is not None:
             at = positions
-            query = self._times(self.keys[positions], users)
+            query = self.keys[positions]
             relative = np.concatenate([np.arange(-window, 0), np.arange(1, window + 1)])
         else:
             assert times is not None
-            query = as_seconds(times)
-            shifted = np.clip(query - self.first, 0, self.span - 1)
-            at = np.searchsorted(self.keys, users.astype(np.int64) * self.span + shifted)
+            shifted = as_seconds(times) - self.first
+            query = users.astype(np.int64) * self.span + shifted  # beyond the user's: far
+            at = np.searchsorted(self.keys, query - shifted + np.clip(shifted, 0, self.span - 1))
             relative = np.arange(-window, window)
         candidates = at[:, None] + relative[None, :]
         valid = (candidates >= self.starts[users][:, None]) & (
             candidates < self.starts[users + 1][:, None]
         )
-        candidates = np.clip(candidates, 0, len(self.keys) - 1)
-        gaps = np.abs(self._times(self.keys[candidates], users[:, None]) - query[:, None])
-        weights = np.where(valid, np.exp(-gaps / self.seconds), 0.0)
-        total = (weights * self.residuals[candidates]).sum(axis=1)
-        return np.asarray(total / (weights.sum(axis=1) + SESSION_PRIOR))
-
-    def _times(self, keys: np.ndarray, users: np.ndarray) -> np.ndarray:
-        return keys - users.astype(np.int64) * self.span + self.first
+        np.clip(candidates, 0, len(self.keys) - 1, out=candidates)
+        # keys hold user * span + time, so within a user their difference is the gap
+        gaps = np.abs(self.keys[candidates] - query[:, None]).astype(np.float32)
+        weights = np.exp(gaps * np.float32(-1.0 / self.seconds))
+        weights *= valid
+        total = np.einsum("ij,ij->i", weights, self.residuals[candidates])
+        return (total / (weights.sum(axis=1) + SESSION_PRIOR)).astype(np.float64)
