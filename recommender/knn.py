@@ -184,9 +184,10 @@ class KMeansKNNConfig(ModelConfig):
     )  # fmt: skip
     # Chosen on validation splits carved from u1..u5's training folds (80/20, never the test
     # folds), the offset's weight fit on what the blend leaves: 5-fold mean RMSE 0.91045
-    # without, with 15 / 40 / 120 / 300 / 600 / 3600 / 86400 s 0.8959 / 0.8944 / 0.8931 /
-    # 0.8943 / 0.8954 / 0.8967 / 0.8971; the mean residual of the 5 ratings nearest in time
-    # instead gave 0.8984, and beside the 120 s offset its weight was -0.04.
+    # without the offset, 0.89305 with it. With the mean residual of the 5 ratings nearest in
+    # time as a second input, scales of 15 / 40 / 120 / 300 / 600 / 3600 / 86400 s gave
+    # 0.8959 / 0.8944 / 0.8931 / 0.8943 / 0.8954 / 0.8967 / 0.8971, and at 120 s that mean's
+    # weight was -0.04, so it went (alone: 0.8984; of 3 or 8 ratings 0.8993, 0.8989).
     session_seconds: float = Field(
         default=120.0, ge=0,
         description="a rating's session offset: the damped mean residual of the user's "
@@ -931,8 +932,8 @@ class KMeansKNN(RecommenderModel[KMeansKNNConfig]):
     ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], dict[int, float], _Parts | None]:
         """Least-squares weights ``[intercept, part...]`` per neighbour count, fit on a held-out
         share of the training ratings, the weights without the implicit score (for users
-        folded in), the session offset's weight per count, and the parts fit without that share; a single
-        part needs no blend (and no such parts).
+        folded in), the session offset's weight per count, and the parts fit without that
+        share; a single part needs no blend (and no such parts).
 
         A folded-in user's implicit score from a handful of ratings is on another scale than
         a training user's, so users folded in with fewer ratings than
