@@ -59,6 +59,11 @@ class Pair(BaseModel):
 
     user_id: int = Field(examples=[1])
     item_id: int = Field(examples=[50])
+    timestamp: int | None = Field(
+        default=None, ge=0, examples=[891_000_000],
+        description="when the rating would be made (Unix seconds; absent: now): a model with a "
+        "session offset adds how the user rated within minutes of then",
+    )  # fmt: skip
 
 
 class PredictIn(BaseModel):

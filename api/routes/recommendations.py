@@ -135,7 +135,12 @@ def predict(request: Request, body: PredictIn) -> JSONAnswer:
     served = service.served()
     users = np.fromiter((p.user_id for p in body.pairs), np.int64, len(body.pairs))
     items = np.fromiter((p.item_id for p in body.pairs), np.int64, len(body.pairs))
-    result = predict_pairs(served, users, items, service.ratings.given_for(users.tolist()))
+    now = int(time.time())
+    times = np.fromiter(
+        (now if p.timestamp is None else p.timestamp for p in body.pairs), np.int64, len(body.pairs)
+    )
+    given = service.ratings.given_for(users.tolist())
+    result = predict_pairs(served, users, items, given, times)
     strategies = set(result.strategies)
     answer = Answer(
         user_id=int(users[0]) if len(set(users.tolist())) == 1 else None,

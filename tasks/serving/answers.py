@@ -127,12 +127,14 @@ def predict_pairs(
     user_ids: np.ndarray,
     item_ids: np.ndarray,
     given: Mapping[int, Mapping[int, float]],
+    times: np.ndarray | None = None,
 ) -> Predictions:
     """Predicted ratings of each (user, item) pair, clipped to the scale. A pair of a known
-    user and item is the model's; a user with ratings given to the service is folded in; a
-    pair whose user or item the model does not know falls back to the baseline (marked)."""
+    user and item is the model's (at ``times``, Unix seconds, when given: the session
+    offset); a user with ratings given to the service is folded in; a pair whose user or
+    item the model does not know falls back to the baseline (marked)."""
     model = served.model
-    scores = np.asarray(model.predict(user_ids, item_ids), dtype=np.float64)
+    scores = np.asarray(model.predict(user_ids, item_ids, times=times), dtype=np.float64)
     known_items = served.knows_items(item_ids)
     known_users = np.fromiter((served.knows_user(int(u)) for u in user_ids), bool, len(user_ids))
     strategies = np.where(known_users, PERSONAL, BASELINE).astype(object)

@@ -3,9 +3,12 @@ uvicorn: contracts, unknown users and items, bounds, malformed bodies, and the r
 
 from __future__ import annotations
 
+import os
 import time
+from typing import Any
 
 import httpx
+import pytest
 
 from tests.api.conftest import (
     Api,
@@ -99,6 +102,45 @@ def test_predict_marks_baseline_fallbacks(api: Api, project: Project) -> None:
     assert answer.status_code == 200
     assert [p["fallback"] for p in predictions] == [False, True, True]
     assert all(1.0 <= p["rating"] <= 5.0 for p in predictions)
+
+
+def served_model(project: Project, version: str) -> Any:
+    """The fitted model of a registered version, loaded from MLflow as the service loads it."""
+    import mlflow
+
+    from tasks.config import environment_unchanged, load_settings
+    from tasks.train.tracking import REGISTERED_MODEL, configure_mlflow
+
+    with environment_unchanged(*project.env):
+        os.environ.update(project.env)
+        configure_mlflow(load_settings())
+        uri = f"models:/{REGISTERED_MODEL}/{version}"
+        return mlflow.pyfunc.load_model(uri).unwrap_python_model().model
+
+
+def test_predict_at_a_time_adds_the_models_session_offset(api: Api, project: Project) -> None:
+    user = known_user(project)
+    item = unrated_item(project, user)
+    when = int(project.ratings.timestamps[project.ratings.raw_users() == user][0])
+    pairs = [
+        {"user_id": user, "item_id": item, "timestamp": when},  # amid the user's ratings
+        {"user_id": user, "item_id": item},  # now: decades after them
+        {"user_id": user, "item_id": item, "timestamp": 0},
+    ]
+
+    with api.client() as client:
+        answer = client.post("/predict", json={"pairs": pairs})
+        negative = client.post("/predict", json={"pairs": [{**pairs[0], "timestamp": -1}]})
+
+    body = answer.json()
+    model = served_model(project, body["model_version"])
+    expected = model.predict([user] * 2, [item] * 2, times=[when, 0])
+    ratings = [p["rating"] for p in body["predictions"]]
+    assert answer.status_code == 200
+    assert ratings == pytest.approx([expected[0], expected[1], expected[1]], abs=1e-9)
+    assert ratings[0] != pytest.approx(ratings[1], abs=1e-6)  # the offset did something
+    assert negative.status_code == 422
+    assert negative.json()["fields"][0]["field"] == "pairs.0.timestamp"
 
 
 def test_malformed_json_is_a_json_error(api: Api) -> None:
