@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from recommender.temporal import as_seconds
+
 logger = logging.getLogger(__name__)
 
 GENRES: tuple[str, ...] = (
@@ -123,7 +125,7 @@ class Ratings:
             raise ValueError("user_ids, item_ids and ratings must have the same length")
         if np.isnan(values).any():
             raise ValueError("ratings contain NaN")
-        stamps = None if timestamps is None else np.asarray(timestamps).astype(np.int64)
+        stamps = None if timestamps is None else as_seconds(timestamps)
         keep = _last_of_each_pair(users, items)
         if len(keep) < len(users):
             logger.warning("dropped %d repeated (user, item) ratings", len(users) - len(keep))

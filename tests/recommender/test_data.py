@@ -27,6 +27,16 @@ def test_pandas_and_polars_give_the_same_ratings(tiny_frame: pl.DataFrame) -> No
     assert (from_pandas.matrix != from_polars.matrix).nnz == 0
 
 
+def test_datetime_timestamps_become_unix_seconds(tiny_frame: pl.DataFrame) -> None:
+    seconds = pl.Series("timestamp", [883_612_800 + 60 * n for n in range(len(tiny_frame))])
+    with_seconds = tiny_frame.with_columns(seconds)
+    with_datetimes = tiny_frame.with_columns(pl.from_epoch(seconds, time_unit="s"))
+    expected = Ratings.from_frame(with_seconds).timestamps
+    assert Ratings.from_frame(with_datetimes).timestamps.tolist() == expected.tolist()
+    from_pandas = Ratings.from_frame(with_datetimes.to_pandas())
+    assert from_pandas.timestamps.tolist() == expected.tolist()
+
+
 def test_unknown_ids_map_to_minus_one(tiny: Ratings) -> None:
     assert tiny.user_positions([4, 99, 1]).tolist() == [3, -1, 0]
     assert tiny.item_positions([5, 40]).tolist() == [-1, 3]
