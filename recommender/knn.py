@@ -8,7 +8,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -65,6 +65,16 @@ REFIT_FACTOR_ITERATIONS = 3
 """ALS sweeps of the refit on all the training ratings, started from the validation fit's
 factors (which had ``factor_iterations``). Not tuned: a speed setting, checked to lose nothing
 (official folds u1..u5, 5-fold mean RMSE 0.90405 against 0.90408 with 10 sweeps from random)."""
+FACTOR_ITERATIONS = 10
+"""``factor_iterations="auto"`` above :data:`LOO_CELLS` users x items (see the config)."""
+SMALL_FACTOR_ITERATIONS = (4, 2)
+"""``factor_iterations="auto"`` up to :data:`LOO_CELLS` users x items: ALS sweeps from random,
+then sweeps refining them on all the training ratings (instead of ``FACTOR_ITERATIONS`` and
+:data:`REFIT_FACTOR_ITERATIONS`). Chosen on validation splits carved from u1..u5's training
+folds (80/20, never the test folds), 5-fold mean RMSE at the ratings' times / without them,
+two seeds: 10 + 3 sweeps 0.89305 / 0.91045 and 0.89395 / 0.91128; 4 + 2 0.89294 / 0.91013 and
+0.89431 / 0.91153 (a tie within the seeds' spread) at 6 sweeps of 13, a sixth of the fit.
+3 + 3, 3 + 2, 4 + 1, 5 + 1 and 5 + 2 were within 0.0005 as well; 2 + 3 lost 0.0015."""
 BLEND_PAIRS = 500_000
 """At most this many held-out ratings fit the blend weights (a dozen weights need no more)."""
 
@@ -113,10 +123,16 @@ class KMeansKNNConfig(ModelConfig):
         default=30, ge=0, description="latent factors on the residuals; 0 = none"
     )
     factor_regularization: float = Field(default=0.15, gt=0)
-    # Not fewer: on ml-100k's validation splits 3/5/7/10 sweeps tie (0.9100/0.9099/0.9101/
-    # 0.9103: the blend absorbs it), but at scale 5 lose (bench/scale.py, sparse engine: 1M
-    # RMSE 0.7726 against 0.7659; 25M 0.9258, worse than the baseline's 0.8656).
-    factor_iterations: int = Field(default=10, ge=1)
+    # auto: on ml-100k's validation splits 3/5/7/10 sweeps tie (0.9100/0.9099/0.9101/0.9103:
+    # the blend absorbs it; see SMALL_FACTOR_ITERATIONS), but at scale 5 lose (bench/scale.py,
+    # sparse engine: 1M RMSE 0.7726 against 0.7659; 25M 0.9258, worse than the baseline's
+    # 0.8656), so few sweeps only up to LOO_CELLS users x items.
+    factor_iterations: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default="auto",
+        description="ALS sweeps from random (a refit on all the ratings refines with "
+        "REFIT_FACTOR_ITERATIONS); auto: SMALL_FACTOR_ITERATIONS up to LOO_CELLS users x "
+        "items, FACTOR_ITERATIONS (10) and REFIT_FACTOR_ITERATIONS above",
+    )
     validation_fraction: float = Field(
         default=0.1, gt=0, lt=0.5, description="training share held out to fit the blend weights"
     )
@@ -212,6 +228,15 @@ class KMeansKNNConfig(ModelConfig):
             return train.n_users * train.n_items <= LOO_CELLS
         return self.blend_fit == "loo"
 
+    def factor_sweeps(self, train: Ratings) -> tuple[int, int]:
+        """ALS sweeps of a factor fit on ``train`` from random, and of one refining factors
+        already fit on most of it (``factor_iterations``)."""
+        if self.factor_iterations != "auto":
+            return int(self.factor_iterations), REFIT_FACTOR_ITERATIONS
+        if train.n_users * train.n_items <= LOO_CELLS:
+            return SMALL_FACTOR_ITERATIONS
+        return FACTOR_ITERATIONS, REFIT_FACTOR_ITERATIONS
+
     @property
     def n_parts(self) -> int:
         """How many residual predictors the blend combines."""
@@ -284,11 +309,12 @@ def _factors(
     inner: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
     """Latent factors of the residuals (None when ``n_factors`` is 0): fit from random, or
-    refined from the validation fit's ``inner`` by :data:`REFIT_FACTOR_ITERATIONS` ALS sweeps
-    (both engines, so they stay equal)."""
+    refined from the validation fit's ``inner`` by fewer ALS sweeps
+    (:meth:`KMeansKNNConfig.factor_sweeps`; both engines, so they stay equal)."""
     if config.n_factors <= 0:
         return None
-    iterations = config.factor_iterations if inner is None else REFIT_FACTOR_ITERATIONS
+    fresh, refining = config.factor_sweeps(train)
+    iterations = fresh if inner is None else refining
     return fit_factors(
         train.user_index, train.item_index, residuals.astype(np.float64),
         (train.n_users, train.n_items), config.n_factors, config.factor_regularization,

@@ -1,11 +1,23 @@
-"""The ALS factors: exact first sweep, conjugate-gradient warm sweeps."""
+"""The ALS factors: exact first sweep, conjugate-gradient warm sweeps, sweeps per fit."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from recommender import factors
+from recommender import (
+    Fold,
+    KMeansKNN,
+    KMeansKNNConfig,
+    Ratings,
+    clear_component_cache,
+    factors,
+    knn,
+)
+from recommender.config import unflatten
 from recommender.factors import _conjugate_gradient, _solve_side, fit_factors
 from recommender.neighbors import rated_lists
 
@@ -55,3 +67,50 @@ def test_factors_with_cg_sweeps_fit_the_residuals_as_the_exact_ones(
 
     assert error(cg) == pytest.approx(error(exact), rel=0.02)
     assert error(exact) < 0.9 * float(np.sqrt(np.mean(values**2)))
+
+
+def _sweeps_of_a_fit(
+    monkeypatch: pytest.MonkeyPatch, train: Ratings, config: KMeansKNNConfig
+) -> list[int]:
+    """The ALS sweeps of each factor fit a cold KMeansKNN fit runs, in order."""
+    calls: list[int] = []
+
+    def spy(*args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(args[6])  # n_iterations
+        return fit_factors(*args, **kwargs)
+
+    monkeypatch.setattr(knn, "fit_factors", spy)
+    clear_component_cache()
+    KMeansKNN(config).fit(train)
+    clear_component_cache()
+    return calls
+
+
+def test_auto_sweeps_are_few_on_small_sets_and_the_full_count_above(
+    monkeypatch: pytest.MonkeyPatch, synthetic_folds: list[Fold]
+) -> None:
+    train = synthetic_folds[0].train
+    # the single (loo) fit: factors without the held share from random, refined on all
+    assert _sweeps_of_a_fit(monkeypatch, train, KMeansKNNConfig()) == list(
+        knn.SMALL_FACTOR_ITERATIONS
+    )
+    # the holdout blend on a small set: the validation fit, then the refit from its factors
+    holdout = KMeansKNNConfig(blend_fit="holdout")
+    assert _sweeps_of_a_fit(monkeypatch, train, holdout) == list(knn.SMALL_FACTOR_ITERATIONS)
+    # above LOO_CELLS users x items (here: a threshold below this set), 10 and then 3
+    monkeypatch.setattr(knn, "LOO_CELLS", train.n_users * train.n_items - 1)
+    assert _sweeps_of_a_fit(monkeypatch, train, holdout) == [
+        knn.FACTOR_ITERATIONS, knn.REFIT_FACTOR_ITERATIONS,
+    ]  # fmt: skip
+    # a count that is set is kept, whatever the size
+    assert _sweeps_of_a_fit(monkeypatch, train, KMeansKNNConfig(factor_iterations=7)) == [
+        7, knn.REFIT_FACTOR_ITERATIONS,
+    ]  # fmt: skip
+
+
+def test_factor_iterations_round_trip_through_flat_params() -> None:
+    for config in (KMeansKNNConfig(), KMeansKNNConfig(factor_iterations=6)):
+        params = {name: str(value) for name, value in config.as_params().items()}  # as MLflow
+        assert KMeansKNNConfig(**unflatten(params)) == config
+    with pytest.raises(ValidationError, match="factor_iterations"):
+        KMeansKNNConfig(factor_iterations=0)
