@@ -1,6 +1,7 @@
 """Benchmark this project's models (and Surprise's, when installed) on the official folds.
 
-    python bench/models.py [--data PATH] [--quick] [--only speed,protocols] [--threads N]
+    python bench/models.py [--data PATH] [--quick] [--only speed,protocols,profile]
+        [--threads N]
 
 Prints RMSE, MAE, NDCG@10, P@10 and seconds per fold (fit + predict) side by side; then
 ``KMeansKNN()`` fit and predict seconds per fold beside Surprise KNNBaseline's in the same run
@@ -8,18 +9,21 @@ Prints RMSE, MAE, NDCG@10, P@10 and seconds per fold (fit + predict) side by sid
 under the protocols published tables use beside the project's own. ``KMeansKNN`` blends are
 asked at the test ratings' times (their session offset), and their RMSE without the times is
 printed beside (and on a split of each user's latest ratings, where the offset has the
-least to go on).
+least to go on). The profile section shows where a default fit's time goes, stage by stage.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import logging
 import math
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -42,6 +46,7 @@ from recommender import (  # noqa: E402
     clear_component_cache,
     cross_validate,
     evaluate_neighbor_sweep,
+    knn,
     load_official_folds,
     load_ratings,
     load_users,
@@ -49,6 +54,9 @@ from recommender import (  # noqa: E402
     ranking_scores,
     rmse,
 )
+from recommender.neighbors import SimilarityStats  # noqa: E402
+from recommender.ranking import ImplicitKNN  # noqa: E402
+from recommender.temporal import Sessions  # noqa: E402
 
 Row = tuple[str, dict[str, float]]
 
@@ -193,6 +201,63 @@ def speed_table(folds: list[Fold]) -> None:
           f"{mean[8]:>7.2f}x")  # fmt: skip
 
 
+PROFILE_STAGES: tuple[tuple[str, Any, str], ...] = (
+    ("latent factors (ALS sweeps)", knn, "fit_factors"),
+    ("similarities' sums (matrix products)", knn, "similarity_stats"),
+    ("shrunk similarities", SimilarityStats, "shrunk"),
+    ("implicit scorer fit (EASE, user overlaps)", ImplicitKNN, "_fit_arrays"),
+    ("implicit scores of every user", ImplicitKNN, "_scores"),
+    ("leave-one-out implicit user-KNN", ImplicitKNN, "_loo_user_knn"),
+    ("leave-one-out KNN averages (blend inputs)", knn, "loo_neighborhood_average"),
+    ("KNN averages", knn, "neighborhood_average"),
+    ("session offsets", Sessions, "offsets"),
+)
+"""Stages of a ``KMeansKNN()`` fit and predict, none calling another: (label, where the fit
+looks the function up, its name). Their seconds and the rest's add up to the whole."""
+
+
+def profile_stages(folds: list[Fold]) -> list[tuple[str, float]]:
+    """Mean wall seconds per fold of each :data:`PROFILE_STAGES` stage in a cold
+    ``KMeansKNN()`` fit and its predictions at the test ratings' times, then the rest and the
+    whole. Each stage is timed by a wrapper (a profiler's hooks would slow the threads)."""
+    totals = dict.fromkeys([label for label, _, _ in PROFILE_STAGES], 0.0)
+
+    def timed(label: str, function: Any) -> Any:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                totals[label] += time.perf_counter() - started
+
+        return wrapper
+
+    whole = 0.0
+    with contextlib.ExitStack() as patches:
+        for label, owner, name in PROFILE_STAGES:
+            function = getattr(owner, name)
+            patches.enter_context(mock.patch.object(owner, name, timed(label, function)))
+        for fold in folds:
+            clear_component_cache()
+            started = time.perf_counter()
+            model = KMeansKNN().fit(fold.train)
+            model.predict(fold.test.raw_users(), fold.test.raw_items(), times=fold.test.timestamps)
+            whole += time.perf_counter() - started
+    rows = [(label, seconds / len(folds)) for label, seconds in totals.items()]
+    rest = whole / len(folds) - sum(seconds for _, seconds in rows)
+    return [*rows, ("the rest (biases, lists, blend, glue)", rest),
+            ("fit + predict", whole / len(folds))]  # fmt: skip
+
+
+def profile_table(folds: list[Fold]) -> None:
+    print("\nWhere KMeansKNN()'s fit + predict time goes (cold, mean of the folds)")
+    rows = profile_stages(folds)
+    whole = rows[-1][1]
+    for label, seconds in rows:
+        print(f"{label:<45} {seconds:>7.3f} s {100 * seconds / whole:>5.1f}%")
+
+
 def _ndcg(model: KMeansKNN, test: Ratings, threshold: float) -> float:
     """NDCG@10 of the model's top-10 (training items excluded) with the test ratings at or
     above ``threshold`` relevant (0: every test item), over test users known to the model."""
@@ -322,7 +387,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "ml-100k")
     parser.add_argument("--quick", action="store_true", help="skip the forest and Surprise")
     parser.add_argument(
-        "--only", default="", help="comma-separated sections: models, speed, protocols, sweep"
+        "--only",
+        default="",
+        help="comma-separated sections: models, speed, protocols, sweep, profile",
     )
     parser.add_argument(
         "--threads", type=int, default=0,
@@ -330,7 +397,8 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    sections = set(args.only.split(",")) if args.only else {"models", "speed", "protocols", "sweep"}
+    everything = {"models", "speed", "protocols", "sweep", "profile"}
+    sections = set(args.only.split(",")) if args.only else everything
     if args.threads:
         from threadpoolctl import threadpool_limits
 
@@ -347,6 +415,8 @@ def main() -> None:
         protocol_table(folds, args.data)
     if "sweep" in sections:
         sweep_timing(folds)
+    if "profile" in sections:
+        profile_table(folds)
 
 
 if __name__ == "__main__":

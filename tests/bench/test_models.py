@@ -1,11 +1,14 @@
-"""bench/models.py's per-user splits: at random, or each user's latest ratings by time."""
+"""bench/models.py's per-user splits (at random, or each user's latest ratings by time) and its
+profile of a fit."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from bench.models import stratified_split
-from recommender import Ratings
+from bench.models import PROFILE_STAGES, profile_stages, stratified_split
+from recommender import Fold, Ratings
+from tests.recommender.conftest import synthetic_frames
 
 
 def ratings(seed: int = 0) -> Ratings:
@@ -35,3 +38,24 @@ def test_a_random_split_keeps_each_users_share_and_timestamps() -> None:
         for u in range(1, 21)
     ]
     assert not all(later)
+
+
+def test_the_profile_splits_a_fit_into_stages_that_add_up() -> None:
+    frame, _ = synthetic_frames()
+    test_rows = np.random.default_rng(1).random(len(frame)) < 0.2
+    fold = Fold("s1", Ratings.from_frame(frame[~test_rows]), Ratings.from_frame(frame[test_rows]))
+    rows = dict(profile_stages([fold]))
+    whole = rows.pop("fit + predict")
+    assert set(rows) == {label for label, _, _ in PROFILE_STAGES} | {
+        "the rest (biases, lists, blend, glue)"
+    }
+    stages = [rows[label] for label, _, _ in PROFILE_STAGES]
+    assert min(stages) > 0  # each stage runs in a default fit and its timed predictions
+    # no stage calls another (their seconds would count twice): together they take less
+    # than the whole fit and predict
+    assert sum(stages) < whole
+    assert rows["the rest (biases, lists, blend, glue)"] == pytest.approx(whole - sum(stages))
+    # the stages are timed only inside the call: the functions are unwrapped again after it
+    assert not any(
+        hasattr(getattr(owner, name), "__wrapped__") for _, owner, name in PROFILE_STAGES
+    )
