@@ -93,10 +93,10 @@ def register_champion(model: KMeansKNN, titles: pl.DataFrame) -> str:
 def embedded_postgres(home: Path) -> Iterator[str]:
     """The embedded PostgreSQL the service uses under ``home`` (started here first, so this
     process can count rows and stop it); its URL."""
-    import pgserver
-
     from tasks.config import load_settings
-    from tasks.warehouse.connection import database_url, embedded_server
+    from tasks.warehouse.connection import database_url, embedded_server, import_pgserver
+
+    pgserver = import_pgserver()
 
     settings = load_settings()
     server = embedded_server(settings.home / "postgres")

@@ -259,8 +259,9 @@ def http_server() -> Iterator[HttpServer]:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """PostgreSQL for the session: pgserver's bundled binaries (run as root too), pip-only."""
-    import pgserver
+    from tasks.warehouse.connection import import_pgserver
 
+    pgserver = import_pgserver()
     # a short path: the server's unix socket lives in its data folder (108-byte limit)
     folder = Path(tempfile.mkdtemp(prefix="recsys-pg-", dir="/tmp"))
     server = pgserver.get_server(folder, cleanup_mode="delete")

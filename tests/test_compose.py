@@ -389,9 +389,12 @@ def test_prefect_yaml_pool_and_pull_step_come_from_the_settings() -> None:
 
 def test_postgres_init_script_runs_on_a_real_server(postgres_server: str) -> None:
     """The first-start script, run as the postgres image would (psql over the local socket)."""
-    import pgserver
     import psycopg
     from psycopg.conninfo import conninfo_to_dict
+
+    from tasks.warehouse.connection import import_pgserver
+
+    pgserver = import_pgserver()
 
     socket_dir = str(conninfo_to_dict(postgres_server)["host"])
     psql_bin = Path(pgserver.__file__).parent / "pginstall" / "bin"

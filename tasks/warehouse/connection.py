@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,12 +38,24 @@ def database_url(settings: Settings) -> str:
 EMBEDDED_SETTINGS = {"wal_level": "minimal", "max_wal_senders": "0"}
 
 
+def import_pgserver() -> Any:
+    """pgserver, imported only for the embedded default (a bundled PostgreSQL, started on
+    demand). On import it picks the user's runtime folder for its lock file; where
+    ``XDG_RUNTIME_DIR`` is not set (root shells, containers, CI) platformdirs then warns in the
+    middle of a run and falls back to ``/tmp/runtime-<uid>``, which serves: that one warning is
+    kept quiet."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import pgserver
+        import pgserver.postgres_server  # noqa: F401  # what the warning comes from
+    return pgserver
+
+
 def embedded_server(folder: Path, cleanup_mode: str | None = "stop") -> Any:
     """pgserver's bundled PostgreSQL in ``folder`` (created on first use) with
     ``EMBEDDED_SETTINGS``. A server that lacks them gets them, and is restarted when this process
     is its only user; otherwise they take effect when it next starts."""
-    import pgserver  # the embedded default only: a bundled PostgreSQL, started on demand
-
+    pgserver = import_pgserver()
     folder.parent.mkdir(parents=True, exist_ok=True)  # a fresh home: the service may come first
     server = pgserver.get_server(folder, cleanup_mode=cleanup_mode)
     with server._lock:  # pgserver's inter-process lock: one process at a time sets and restarts
@@ -83,7 +96,7 @@ def release_embedded_server(settings: Settings) -> bool:
     held it (then a later ``database_url`` in this process would no longer be served)."""
     if settings.database_url is not None:
         return False
-    from pgserver.postgres_server import PostgresServer
+    PostgresServer = import_pgserver().postgres_server.PostgresServer  # noqa: N806
 
     folder = (settings.home / "postgres").expanduser().resolve()
     server = PostgresServer._instances.get(folder)

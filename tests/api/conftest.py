@@ -23,6 +23,7 @@ import pytest
 
 from bench.synth import SyntheticSize, write_ml100k
 from recommender import KMeansKNN, Ratings
+from tasks.warehouse.connection import import_pgserver
 from tests.conftest import free_port
 from tests.report.test_thingsboard import TOKEN, FakeThingsBoard, running_thingsboard
 
@@ -40,21 +41,18 @@ class Postgres:
     server: Any = None
 
     def start(self) -> None:
-        import pgserver
-
+        pgserver = import_pgserver()
         self.server = pgserver.get_server(self.folder, cleanup_mode="stop")
         self.uri = str(self.server.get_uri())
 
     def stop(self) -> None:
-        import pgserver
-
+        pgserver = import_pgserver()
         pgserver.pg_ctl(  # type: ignore[attr-defined]
             ["-w", "-m", "fast", "stop"], pgdata=self.server.pgdata, user=self.server.system_user
         )
 
     def restart(self) -> None:
-        import pgserver
-
+        pgserver = import_pgserver()
         # as pgserver starts it: no TCP, its socket in the data folder
         options = ["-o", '-h ""', "-o", f"-k {self.folder}"]
         pgserver.pg_ctl(  # type: ignore[attr-defined]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ from bench.synth import SyntheticSize, write_ml100k
 from tasks.config import load_settings
 from tasks.features import item_features, user_features
 from tasks.movielens.formats import curate_ml100k
-from tasks.warehouse.connection import connect
+from tasks.warehouse.connection import connect, import_pgserver
 from tasks.warehouse.connection import database_url as resolve_database_url
 from tasks.warehouse.loads import current_load, current_version, load_dataset, warehouse_tables
 from tasks.warehouse.queries import read_table, table_counts
@@ -255,8 +257,7 @@ def test_embedded_postgres_when_no_url_is_set(
 ) -> None:
     import tempfile
 
-    import pgserver
-
+    pgserver = import_pgserver()
     home = Path(tempfile.mkdtemp(prefix="recsys-home-", dir="/tmp"))
     monkeypatch.delenv("RECSYS_DATABASE_URL", raising=False)
     monkeypatch.setenv("RECSYS_HOME", str(home))
@@ -272,6 +273,26 @@ def test_embedded_postgres_when_no_url_is_set(
         assert table_counts(url, "ml-100k")["movielens.ratings"] == SMALL.ratings
     finally:
         pgserver.get_server(home / "postgres").cleanup()
+
+
+def test_the_embedded_server_is_imported_without_a_runtime_folder_warning() -> None:
+    """pgserver looks up the user's runtime folder on import; without XDG_RUNTIME_DIR (root
+    shells, containers) platformdirs warns, mid-run. The project's import keeps that quiet."""
+    environment = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    repo = str(Path(__file__).resolve().parents[2])
+
+    def imported(code: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=repo,
+                              env=environment, capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    # the warning this guards against (if platformdirs stops warning, this says so)
+    assert "XDG_RUNTIME_DIR is not set" in imported("import pgserver").stderr
+    quiet = imported(
+        "from tasks.warehouse.connection import import_pgserver\n"
+        "print(import_pgserver().postgres_server.PostgresServer.runtime_path)"
+    )
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.strip()  # the fallback folder, which serves
 
 
 def test_an_advisory_lock_lets_one_holder_in_at_a_time(warehouse: str) -> None:
