@@ -1,6 +1,6 @@
 """Benchmark this project's models (and Surprise's, when installed) on the official folds.
 
-    python bench/models.py [--data PATH] [--quick] [--only speed,protocols,profile]
+    python bench/models.py [--data PATH] [--quick] [--only speed,frontier,protocols,profile]
         [--threads N]
 
 Prints RMSE, MAE, NDCG@10, P@10 and seconds per fold (fit + predict) side by side; then
@@ -9,7 +9,8 @@ Prints RMSE, MAE, NDCG@10, P@10 and seconds per fold (fit + predict) side by sid
 under the protocols published tables use beside the project's own. ``KMeansKNN`` blends are
 asked at the test ratings' times (their session offset), and their RMSE without the times is
 printed beside (and on a split of each user's latest ratings, where the offset has the
-least to go on). The profile section shows where a default fit's time goes, stage by stage.
+least to go on). The profile section shows where a default fit's time goes, stage by stage; the frontier
+section what lighter variants of the defaults gain in speed and lose in accuracy.
 """
 
 from __future__ import annotations
@@ -157,18 +158,32 @@ def _surprise_knn_baseline(train: Ratings, test: Ratings) -> tuple[float, float,
     return fitted - started, time.perf_counter() - fitted, predicted
 
 
-def speed_table(folds: list[Fold]) -> None:
-    """``KMeansKNN()`` against Surprise KNNBaseline, fold by fold in one run (ratios only
-    mean anything on a shared machine): fit s, predict s (the test ratings), RMSE, NDCG@10."""
+def _timed_fold(config: KMeansKNNConfig, fold: Fold) -> tuple[float, float, float, float, float]:
+    """A cold fit of ``config`` on the fold: fit s, predict s (the test ratings, at their
+    times), RMSE at the times, RMSE without them, NDCG@10."""
     from recommender.evaluate import evaluate_fitted
 
+    clear_component_cache()
+    started = time.perf_counter()
+    model = KMeansKNN(config).fit(fold.train)
+    ours = evaluate_fitted(model, fold, fit_seconds=time.perf_counter() - started)
+    blind = rmse(model.predict(fold.test.raw_users(), fold.test.raw_items()), fold.test.values)
+    return ours.fit_seconds, ours.predict_seconds, ours.rmse, blind, ours.ndcg_at_10
+
+
+def _surprise_importable() -> bool:
     try:
         import surprise  # noqa: F401
     except ImportError:
-        print("(scikit-surprise not importable: KMeansKNN() timed alone)")
-        surprise_available = False
-    else:
-        surprise_available = True
+        print("(scikit-surprise not importable: KMeansKNN timed alone)")
+        return False
+    return True
+
+
+def speed_table(folds: list[Fold]) -> None:
+    """``KMeansKNN()`` against Surprise KNNBaseline, fold by fold in one run (ratios only
+    mean anything on a shared machine): fit s, predict s (the test ratings), RMSE, NDCG@10."""
+    surprise_available = _surprise_importable()
     print("\nSpeed: KMeansKNN() (cold fit) beside Surprise KNNBaseline, same run, fold by fold")
     print("(RMSE: predictions at the test ratings' times, with the session offset; no times:")
     print(" the same model asked without them, as published tables' models are)")
@@ -177,28 +192,80 @@ def speed_table(folds: list[Fold]) -> None:
           f"{'speed-up':>8}")  # fmt: skip
     totals = []
     for fold in folds:
-        clear_component_cache()
-        started = time.perf_counter()
-        model = KMeansKNN().fit(fold.train)
-        ours = evaluate_fitted(model, fold, fit_seconds=time.perf_counter() - started)
+        ours = _timed_fold(KMeansKNNConfig(), fold)
         theirs = (math.nan, math.nan, math.nan)
         if surprise_available:
             fit_s, predict_s, predicted = _surprise_knn_baseline(fold.train, fold.test)
             theirs = (fit_s, predict_s, rmse(predicted, fold.test.values))
-        blind = rmse(model.predict(fold.test.raw_users(), fold.test.raw_items()), fold.test.values)
-        ours_s = ours.fit_seconds + ours.predict_seconds
-        ratio = (theirs[0] + theirs[1]) / ours_s
-        totals.append(
-            (ours.fit_seconds, ours.predict_seconds, ours.rmse, blind, ours.ndcg_at_10, *theirs,
-             ratio)
-        )  # fmt: skip
-        print(f"{fold.name:<5} {ours.fit_seconds:>9.3f} {ours.predict_seconds:>9.3f} "
-              f"{ours.rmse:>7.4f} {blind:>8.4f} {ours.ndcg_at_10:>8.4f} {theirs[0]:>9.3f} "
-              f"{theirs[1]:>9.3f} {theirs[2]:>9.4f} {ratio:>7.2f}x")  # fmt: skip
+        ratio = (theirs[0] + theirs[1]) / (ours[0] + ours[1])
+        totals.append((*ours, *theirs, ratio))
+        print(f"{fold.name:<5} {ours[0]:>9.3f} {ours[1]:>9.3f} {ours[2]:>7.4f} {ours[3]:>8.4f} "
+              f"{ours[4]:>8.4f} {theirs[0]:>9.3f} {theirs[1]:>9.3f} {theirs[2]:>9.4f} "
+              f"{ratio:>7.2f}x")  # fmt: skip
     mean = np.mean(totals, axis=0)
     print(f"{'mean':<5} {mean[0]:>9.3f} {mean[1]:>9.3f} {mean[2]:>7.4f} {mean[3]:>8.4f} "
           f"{mean[4]:>8.4f} {mean[5]:>9.3f} {mean[6]:>9.3f} {mean[7]:>9.4f} "
           f"{mean[8]:>7.2f}x")  # fmt: skip
+
+
+KEPT = {"RMSE": 0.895, "no times": 0.9041, "NDCG@10": 0.385}
+"""What a faster default must keep (5-fold means): RMSE at the test ratings' times at most
+0.895 (the accuracy goal), and the figures of the defaults when the speed goal was set, RMSE
+without times 0.9041 and NDCG@10 0.385."""
+
+LIGHTER: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("KMeansKNN() defaults", {}),
+    ("item neighbours only", {"based": "item"}),
+    ("item neighbours only, 10 factors", {"based": "item", "n_factors": 10}),
+    ("no latent factors", {"n_factors": 0}),
+    ("no implicit score in the blend", {"implicit_blend": False}),
+    ("item KNN alone (one part: no blend, no offset)", {"based": "item", "n_factors": 0}),
+)
+"""Lighter variants of the defaults, each leaving parts of the blend out. The ranking scorer
+stays in all of them (NDCG@10 is its)."""
+
+
+def frontier_rows(
+    folds: list[Fold], reference: Any | None
+) -> tuple[list[float], dict[str, np.ndarray]]:
+    """Per fold, ``reference(fold)`` seconds (None: not timed) and then each :data:`LIGHTER`
+    variant's :func:`_timed_fold`, interleaved so that all share the machine's state. Returns
+    the reference's seconds per fold and, per variant, its rows (fit s, predict s, RMSE, RMSE
+    without times, NDCG@10) by fold."""
+    seconds: list[float] = []
+    rows: dict[str, list[tuple[float, ...]]] = {label: [] for label, _ in LIGHTER}
+    for fold in folds:
+        seconds.append(math.nan if reference is None else reference(fold))
+        for label, overrides in LIGHTER:
+            rows[label].append(_timed_fold(KMeansKNNConfig(**overrides), fold))
+    return seconds, {label: np.array(values) for label, values in rows.items()}
+
+
+def frontier_table(folds: list[Fold]) -> None:
+    """Speed against accuracy of :data:`LIGHTER`, beside Surprise KNNBaseline timed fold by
+    fold in the same run: what a faster default would cost. Evidence on the test folds, not a
+    selection: no default is chosen from it."""
+
+    def knn_baseline(fold: Fold) -> float:
+        fit_seconds, predict_seconds, _ = _surprise_knn_baseline(fold.train, fold.test)
+        return fit_seconds + predict_seconds
+
+    reference = knn_baseline if _surprise_importable() else None
+    _timed_fold(KMeansKNNConfig(), folds[0])  # a first fit's one-off costs, in no row
+    seconds, rows = frontier_rows(folds, reference)
+    theirs = np.array(seconds)
+    print("\nSpeed against accuracy: lighter variants of KMeansKNN(), mean of the folds;")
+    print(f"Surprise KNNBaseline took {np.mean(theirs):.3f} s per fold in this run: 5x is "
+          f"{np.mean(theirs) / 5:.3f} s. Kept: RMSE <= {KEPT['RMSE']}, no times <= "
+          f"{KEPT['no times']}, NDCG@10 >= {KEPT['NDCG@10']}")  # fmt: skip
+    print(f"{'variant':<48} {'fit+pred':>8} {'speed-up':>8} {'RMSE':>7} {'no times':>8} "
+          f"{'NDCG@10':>8} {'kept':>5}")  # fmt: skip
+    for label, values in rows.items():
+        ours = values[:, 0] + values[:, 1]
+        _, _, error, blind, ndcg = values.mean(axis=0)
+        kept = error <= KEPT["RMSE"] and blind <= KEPT["no times"] and ndcg >= KEPT["NDCG@10"]
+        print(f"{label:<48} {ours.mean():>7.3f}s {np.mean(theirs / ours):>7.2f}x {error:>7.4f} "
+              f"{blind:>8.4f} {ndcg:>8.4f} {'yes' if kept else 'no':>5}")  # fmt: skip
 
 
 PROFILE_STAGES: tuple[tuple[str, Any, str], ...] = (
@@ -389,7 +456,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated sections: models, speed, protocols, sweep, profile",
+        help="comma-separated sections: models, speed, frontier, protocols, sweep, profile",
     )
     parser.add_argument(
         "--threads", type=int, default=0,
@@ -397,7 +464,7 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    everything = {"models", "speed", "protocols", "sweep", "profile"}
+    everything = {"models", "speed", "frontier", "protocols", "sweep", "profile"}
     sections = set(args.only.split(",")) if args.only else everything
     if args.threads:
         from threadpoolctl import threadpool_limits
@@ -411,6 +478,8 @@ def main() -> None:
         print_table(rows)
     if "speed" in sections:
         speed_table(folds)
+    if "frontier" in sections:
+        frontier_table(folds)
     if "protocols" in sections:
         protocol_table(folds, args.data)
     if "sweep" in sections:

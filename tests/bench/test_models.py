@@ -1,12 +1,12 @@
-"""bench/models.py's per-user splits (at random, or each user's latest ratings by time) and its
-profile of a fit."""
+"""bench/models.py's per-user splits (at random, or each user's latest ratings by time), its
+profile of a fit and its speed against accuracy frontier."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bench.models import PROFILE_STAGES, profile_stages, stratified_split
+from bench.models import LIGHTER, PROFILE_STAGES, frontier_rows, profile_stages, stratified_split
 from recommender import Fold, Ratings
 from tests.recommender.conftest import synthetic_frames
 
@@ -40,11 +40,39 @@ def test_a_random_split_keeps_each_users_share_and_timestamps() -> None:
     assert not all(later)
 
 
-def test_the_profile_splits_a_fit_into_stages_that_add_up() -> None:
+def synthetic_fold() -> Fold:
     frame, _ = synthetic_frames()
     test_rows = np.random.default_rng(1).random(len(frame)) < 0.2
-    fold = Fold("s1", Ratings.from_frame(frame[~test_rows]), Ratings.from_frame(frame[test_rows]))
-    rows = dict(profile_stages([fold]))
+    return Fold("s1", Ratings.from_frame(frame[~test_rows]), Ratings.from_frame(frame[test_rows]))
+
+
+def test_the_frontier_times_the_reference_and_every_variant_fold_by_fold() -> None:
+    fold = synthetic_fold()
+    timed: list[str] = []
+
+    def reference(timed_fold: Fold) -> float:
+        timed.append(timed_fold.name)
+        return 2.5
+
+    seconds, rows = frontier_rows([fold, fold], reference)
+    assert seconds == [2.5, 2.5] and timed == ["s1", "s1"]
+    assert list(rows) == [label for label, _ in LIGHTER]
+    for values in rows.values():
+        assert values.shape == (2, 5)
+        assert (values[:, :2] > 0).all()  # fit and predict seconds
+    defaults = rows["KMeansKNN() defaults"]
+    # the blend predicts at the test ratings' times (its session offset) ...
+    assert defaults[0, 2] != defaults[0, 3]
+    # ... one part alone has no blend to carry an offset: with or without times, the same
+    alone = rows["item KNN alone (one part: no blend, no offset)"]
+    assert alone[0, 2] == alone[0, 3]
+    # each variant is its own model; the ranking scorer (NDCG@10) is the same in all
+    assert len({round(values[0, 3], 12) for values in rows.values()}) == len(LIGHTER)
+    assert len({round(values[0, 4], 12) for values in rows.values()}) == 1
+
+
+def test_the_profile_splits_a_fit_into_stages_that_add_up() -> None:
+    rows = dict(profile_stages([synthetic_fold()]))
     whole = rows.pop("fit + predict")
     assert set(rows) == {label for label, _, _ in PROFILE_STAGES} | {
         "the rest (biases, lists, blend, glue)"
