@@ -9,8 +9,8 @@ Prints RMSE, MAE, NDCG@10, P@10 and seconds per fold (fit + predict) side by sid
 under the protocols published tables use beside the project's own. ``KMeansKNN`` blends are
 asked at the test ratings' times (their session offset), and their RMSE without the times is
 printed beside (and on a split of each user's latest ratings, where the offset has the
-least to go on). The profile section shows where a default fit's time goes, stage by stage; the frontier
-section what lighter variants of the defaults gain in speed and lose in accuracy.
+least to go on). The profile section shows where a default fit's time goes, stage by stage;
+the frontier section what lighter variants of the defaults gain in speed and lose in accuracy.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -226,7 +227,7 @@ stays in all of them (NDCG@10 is its)."""
 
 
 def frontier_rows(
-    folds: list[Fold], reference: Any | None
+    folds: list[Fold], reference: Callable[[Fold], float] | None
 ) -> tuple[list[float], dict[str, np.ndarray]]:
     """Per fold, ``reference(fold)`` seconds (None: not timed) and then each :data:`LIGHTER`
     variant's :func:`_timed_fold`, interleaved so that all share the machine's state. Returns
