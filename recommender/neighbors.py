@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
+import scipy.sparse as sp
 
 from recommender.bias import damped_average
 
@@ -101,9 +102,13 @@ class RatedLists:
     n_entities: int
 
     def __getstate__(self) -> dict[str, Any]:
-        """The lists without their padded layout (made again on first use): a pickled model
-        (a served one) would otherwise carry it, 16 MB of ml-100k's 62."""
-        return {name: value for name, value in self.__dict__.items() if name != "_layout"}
+        """The lists without their padded layout and lookup matrix (made again on first use): a
+        pickled model (a served one) would otherwise carry them, 16 MB of ml-100k's 62."""
+        return {
+            name: value
+            for name, value in self.__dict__.items()
+            if name not in ("_layout", "_positions")
+        }
 
     def padded(self, owners: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
         """``(positions, values)`` of the owners' lists, ``len(owners) x width``."""
@@ -130,19 +135,30 @@ class RatedLists:
         return self.entities[at], self.values[at]
 
     @cached_property
-    def keys(self) -> np.ndarray:
-        """``owner * (n_entities + 1) + entity`` of every link, ascending (for lookups)."""
-        owners = np.repeat(np.arange(len(self.counts), dtype=np.int64), self.counts)
-        return owners * (self.n_entities + 1) + self.entities[:-1]
+    def _positions(self) -> sp.csr_array:
+        """Each link's position in the lists plus 1, as an owner x entity CSR matrix (0 where
+        no link; a column for the padding entity, never linked), for :meth:`lookup`."""
+        n_links = len(self.entities) - 1
+        index = np.int32 if max(n_links, self.n_entities) < 2**31 - 1 else np.int64
+        return sp.csr_array(
+            (
+                np.arange(1, n_links + 1, dtype=index),
+                self.entities[:-1].astype(index),
+                np.append(self.starts, n_links).astype(index),
+            ),
+            shape=(len(self.counts), self.n_entities + 1),
+        )
 
     def lookup(self, owners: np.ndarray, entities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(found, value)`` of each (owner, entity) pair, broadcast; value 0 when absent."""
-        keys = owners.astype(np.int64) * (self.n_entities + 1) + entities
-        at = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
-        if len(self.keys) == 0:
-            return np.zeros(keys.shape, dtype=bool), np.zeros(keys.shape, dtype=np.float32)
-        found = self.keys[at] == keys
-        return found, np.where(found, self.values[at], np.float32(0.0))
+        """``(found, value)`` of each (owner, entity) pair, broadcast; value 0 when absent.
+        SciPy samples the CSR positions by a binary search within each owner's row (compiled),
+        about twice as fast at 1M ratings as one over every link's key."""
+        owners, entities = np.broadcast_arrays(owners, entities)
+        if owners.size == 0:
+            return np.zeros(owners.shape, dtype=bool), np.zeros(owners.shape, dtype=np.float32)
+        at = np.asarray(self._positions[owners.ravel(), entities.ravel()]).reshape(owners.shape)
+        # position 0 (no link) reads the padding entry at the end, whose value is 0
+        return at > 0, self.values[at - 1]
 
 
 def rated_lists(

@@ -58,13 +58,47 @@ def test_cosine_similarity_by_hand() -> None:
 def test_rated_lists_pickle_without_their_padded_layout() -> None:
     lists = rated_lists(np.array([0, 0, 1]), np.array([0, 2, 1]), np.array([1.0, 2.0, 3.0]), 2, 3)
     padded = lists.padded(np.array([1, 0]), 2)  # makes the layout
-    assert "_layout" in lists.__dict__
+    found = lists.lookup(np.array([[0], [1]]), np.array([[2, 1], [2, 1]]))  # and the lookup's
+    assert {"_layout", "_positions"} <= set(lists.__dict__)
 
     again = pickle.loads(pickle.dumps(lists))
 
-    assert "_layout" not in again.__dict__
+    assert not {"_layout", "_positions"} & set(again.__dict__)
     for made, remade in zip(padded, again.padded(np.array([1, 0]), 2), strict=True):
         np.testing.assert_array_equal(made, remade)
+    for made, remade in zip(found, again.lookup(np.array([[0], [1]]), np.array([[2, 1], [2, 1]])),
+                            strict=True):  # fmt: skip
+        np.testing.assert_array_equal(made, remade)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_lookup_finds_each_link_and_its_value_and_nothing_else(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_owners, n_entities = 9, 14
+    cells = rng.choice(n_owners * n_entities, 40, replace=False)
+    owners, entities = cells // n_entities, cells % n_entities
+    values = rng.normal(size=40).astype(np.float32)
+    values[:5] = 0.0  # a residual of exactly 0 is still a link
+    owners[owners == 8] = 7  # owner 8 has no links (and the cells stay distinct: 8 -> 7 ...)
+    cells = np.unique(owners * n_entities + entities, return_index=True)[1]
+    owners, entities, values = owners[cells], entities[cells], values[cells]
+    links = {(o, e): v for o, e, v in zip(owners.tolist(), entities.tolist(), values, strict=True)}
+    lists = rated_lists(owners, entities, values, n_owners, n_entities)
+    # every owner against every entity and the padding entity (n_entities), broadcast
+    asked_owners = np.arange(n_owners)[:, None]
+    asked = np.tile(np.arange(n_entities + 1, dtype=np.int32), (n_owners, 1))
+
+    found, value = lists.lookup(asked_owners, asked)
+
+    assert found.shape == value.shape == (n_owners, n_entities + 1)
+    assert value.dtype == np.float32
+    for o in range(n_owners):
+        for e in range(n_entities + 1):
+            assert found[o, e] == ((o, e) in links)
+            assert value[o, e] == links.get((o, e), 0.0)
+    assert not found[8].any() and not found[:, n_entities].any()
+    empty = lists.lookup(np.zeros((0, 1), int), np.zeros((0, 3), int))
+    assert empty[0].shape == empty[1].shape == (0, 3)
 
 
 def test_neighborhood_average_by_hand() -> None:
