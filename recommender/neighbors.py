@@ -8,7 +8,6 @@ from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
-import scipy.sparse as sp
 
 from recommender.bias import damped_average
 
@@ -18,6 +17,7 @@ Similarity = Literal["pearson", "cosine"]
 _LENGTH_RATIO = 1.25
 _MAX_BUCKET_CELLS = 8_000_000
 _LAYOUT_CELLS = 4_000_000
+_LOOKUP_CELLS = 4_000_000
 
 
 def shrunk_similarity(
@@ -102,13 +102,9 @@ class RatedLists:
     n_entities: int
 
     def __getstate__(self) -> dict[str, Any]:
-        """The lists without their padded layout and lookup matrix (made again on first use): a
-        pickled model (a served one) would otherwise carry them, 16 MB of ml-100k's 62."""
-        return {
-            name: value
-            for name, value in self.__dict__.items()
-            if name not in ("_layout", "_positions")
-        }
+        """The lists without their padded layout (made again on first use): a pickled model
+        (a served one) would otherwise carry it, 16 MB of ml-100k's 62."""
+        return {name: value for name, value in self.__dict__.items() if name != "_layout"}
 
     def padded(self, owners: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
         """``(positions, values)`` of the owners' lists, ``len(owners) x width``."""
@@ -134,31 +130,42 @@ class RatedLists:
         at = np.where(valid, self.starts[:, None] + slots[None, :], len(self.entities) - 1)
         return self.entities[at], self.values[at]
 
-    @cached_property
-    def _positions(self) -> sp.csr_array:
-        """Each link's position in the lists plus 1, as an owner x entity CSR matrix (0 where
-        no link; a column for the padding entity, never linked), for :meth:`lookup`."""
-        n_links = len(self.entities) - 1
-        index = np.int32 if max(n_links, self.n_entities) < 2**31 - 1 else np.int64
-        return sp.csr_array(
-            (
-                np.arange(1, n_links + 1, dtype=index),
-                self.entities[:-1].astype(index),
-                np.append(self.starts, n_links).astype(index),
-            ),
-            shape=(len(self.counts), self.n_entities + 1),
-        )
-
     def lookup(self, owners: np.ndarray, entities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(found, value)`` of each (owner, entity) pair, broadcast; value 0 when absent.
-        SciPy samples the CSR positions by a binary search within each owner's row (compiled),
-        about twice as fast at 1M ratings as one over every link's key."""
-        owners, entities = np.broadcast_arrays(owners, entities)
-        if owners.size == 0:
-            return np.zeros(owners.shape, dtype=bool), np.zeros(owners.shape, dtype=np.float32)
-        at = np.asarray(self._positions[owners.ravel(), entities.ravel()]).reshape(owners.shape)
-        # position 0 (no link) reads the padding entry at the end, whose value is 0
-        return at > 0, self.values[at - 1]
+        """``(found, value)`` of each owner's row of ``entities`` (``owners``: one per row;
+        value 0 when absent; the padding entity ``n_entities`` is never found).
+
+        A group of owners' lists is spread into a dense owners x entities table of positions
+        (at most :data:`_LOOKUP_CELLS` cells), the rows of those owners read it, and it is
+        cleared again: one memory read per pair instead of a binary search (at 5M ratings
+        about 2.5x faster than SciPy's CSR sampling, and more than a search over every link).
+        Fastest with the rows ordered by owner (fewer, fuller groups)."""
+        found = np.zeros(entities.shape, dtype=bool)
+        values = np.zeros(entities.shape, dtype=np.float32)
+        if len(owners) == 0:
+            return found, values
+        order = np.argsort(owners, kind="stable")
+        distinct, first = np.unique(owners[order], return_index=True)
+        per_group = max(1, _LOOKUP_CELLS // (self.n_entities + 1))
+        index = np.int32 if len(self.entities) < 2**31 else np.int64
+        table = np.zeros((min(per_group, len(distinct)), self.n_entities + 1), dtype=index)
+        bounds = np.append(first, len(order))
+        for low in range(0, len(distinct), per_group):
+            group = distinct[low : low + per_group]
+            sizes = self.counts[group]
+            rows = np.repeat(np.arange(len(group)), sizes)
+            # every link of the group's owners: their positions in the lists
+            links = np.arange(sizes.sum()) + np.repeat(
+                self.starts[group] - np.cumsum(sizes) + sizes, sizes
+            )
+            table[rows, self.entities[links]] = links + 1
+            asked = order[bounds[low] : bounds[low + len(group)]]
+            local = np.repeat(np.arange(len(group)), np.diff(bounds[low : low + len(group) + 1]))
+            at = table[local[:, None], entities[asked]]
+            table[rows, self.entities[links]] = 0
+            # position 0 (no link) reads the padding entry at the end, whose value is 0
+            found[asked] = at > 0
+            values[asked] = self.values[at - 1]
+        return found, values
 
 
 def rated_lists(

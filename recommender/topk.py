@@ -189,11 +189,12 @@ def top_k_average(
     results = {k: (np.zeros(len(owners)), np.zeros(len(owners))) for k in counts}
     width = neighbors.indices.shape[1]
     per_chunk = max(1, PAIR_CELLS // width)
+    by_owner = np.argsort(owners, kind="stable")  # a chunk's owners are few: fast lookups
     for start in range(0, len(owners), per_chunk):
-        chunk = slice(start, start + per_chunk)
+        chunk = by_owner[start : start + per_chunk]
         candidates = neighbors.indices[targets[chunk]]
         weights = neighbors.similarity[targets[chunk]]
-        found, values = lists.lookup(owners[chunk, None], candidates)
+        found, values = lists.lookup(owners[chunk], candidates)
         used = found & (weights > 0)
         rank = np.cumsum(used, axis=1)
         for k in counts:

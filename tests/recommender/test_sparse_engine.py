@@ -77,9 +77,7 @@ def test_top_k_average_equals_the_dense_kernel() -> None:
 
 def test_rated_lists_look_up_pairs() -> None:
     lists = rated_lists(np.array([0, 0, 2]), np.array([3, 1, 0]), np.array([0.5, -1.0, 2.0]), 3, 4)
-    found, value = lists.lookup(
-        np.array([[0], [1], [2]]), np.array([[1, 3, 4], [1, 3, 4], [0, 1, 4]])
-    )
+    found, value = lists.lookup(np.array([0, 1, 2]), np.array([[1, 3, 4], [1, 3, 4], [0, 1, 4]]))
     assert found.tolist() == [[True, True, False], [False, False, False], [True, False, False]]
     assert value[0].tolist() == [-1.0, 0.5, 0.0] and value[2, 0] == 2.0
 
