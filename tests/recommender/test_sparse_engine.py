@@ -3,9 +3,12 @@ dense engine when every positive similarity is kept."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 
+import recommender.knn as knn_module
 from recommender import KMeansKNN
 from recommender.data import Ratings
 from recommender.knn import DENSE_CELLS, KMeansKNNConfig
@@ -169,3 +172,26 @@ def test_clusters_group_directions_not_volume() -> None:
     )
     sizes = np.bincount(model.cluster_labels_)
     assert sizes.max() < 0.5 * sizes.sum()
+
+
+@pytest.mark.parametrize("engine", ["sparse", "dense"])
+def test_a_refit_keeps_the_clusters_of_the_fit_without_the_validation_share(engine: str) -> None:
+    train = _random_ratings(4, n=12000)
+    config = KMeansKNNConfig(engine=engine, n_clusters=4, cluster_weight=0.5, blend_fit="holdout")
+    clustered: list[int] = []
+    labels = knn_module._Parts._labels
+
+    def counted(parts: knn_module._Parts, rows: object, side: str) -> np.ndarray | None:
+        clustered.append(rows.shape[0])  # type: ignore[attr-defined]
+        return labels(parts, rows, side)
+
+    with mock.patch.object(knn_module._Parts, "_labels", counted):
+        model = KMeansKNN(config).fit(train)
+    # K-Means of the users and of the items once: in the fit without the validation share
+    assert sorted(clustered) == sorted([train.n_users, train.n_items])
+    assert model.parts_.user_labels is not None and model.parts_.item_labels is not None
+    assert len(model.parts_.user_labels) == train.n_users
+    assert len(np.unique(model.parts_.user_labels)) > 1
+    without_refit = KMeansKNN(config.model_copy(update={"refit": False})).fit(train)
+    np.testing.assert_array_equal(model.parts_.user_labels, without_refit.parts_.user_labels)
+    np.testing.assert_array_equal(model.parts_.item_labels, without_refit.parts_.item_labels)
