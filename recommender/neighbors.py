@@ -136,9 +136,10 @@ class RatedLists:
 
         A group of owners' lists is spread into a dense owners x entities table of positions
         (at most :data:`_LOOKUP_CELLS` cells), the rows of those owners read it, and it is
-        cleared again: one memory read per pair instead of a binary search (at 5M ratings
-        about 2.5x faster than SciPy's CSR sampling, and more than a search over every link).
-        Fastest with the rows ordered by owner (fewer, fuller groups)."""
+        cleared again: one memory read per pair instead of a binary search (the blend pairs
+        of ml-25m-shaped 5M ratings: 2.3x to 4x faster than a search over every link's key,
+        and 2x faster than SciPy's CSR sampling). Fastest with the rows ordered by owner
+        (fewer, fuller groups)."""
         found = np.zeros(entities.shape, dtype=bool)
         values = np.zeros(entities.shape, dtype=np.float32)
         if len(owners) == 0:
