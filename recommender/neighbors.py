@@ -158,11 +158,12 @@ class RatedLists:
             links = np.arange(sizes.sum()) + np.repeat(
                 self.starts[group] - np.cumsum(sizes) + sizes, sizes
             )
-            table[rows, self.entities[links]] = links + 1
+            linked = self.entities[links]
+            table[rows, linked] = links + 1
             asked = order[bounds[low] : bounds[low + len(group)]]
             local = np.repeat(np.arange(len(group)), np.diff(bounds[low : low + len(group) + 1]))
             at = table[local[:, None], entities[asked]]
-            table[rows, self.entities[links]] = 0
+            table[rows, linked] = 0
             # position 0 (no link) reads the padding entry at the end, whose value is 0
             found[asked] = at > 0
             values[asked] = self.values[at - 1]
